@@ -282,3 +282,22 @@ def test_image_tokens_that_do_not_match_pixel_values_raise(tiny_base, image_batc
     bad["input_ids"][1, position] = pvm.config.vision_end_token_id  # one image token fewer than the features
     with pytest.raises(ValueError, match="Image features and image tokens do not match"):
         pvm(**bad)
+
+
+def test_right_padded_batch_is_exact_at_init_and_consistent_when_open(tiny_base, base_model, processor, image_batch):
+    texts = [chat(processor, ["image", "How many red circles are there?"]), chat(processor, ["image", "Describe it."])]
+    processor.tokenizer.padding_side = "right"
+    try:
+        batch = processor(text=texts, images=[[random_image(64, 96, 1)], [random_image(112, 80, 2)]], padding=True,
+                          return_tensors="pt")
+    finally:
+        processor.tokenizer.padding_side = "left"
+    assert batch["attention_mask"][:, -1].tolist() == [0, 1]  # sample 0 is right-padded
+    real = batch["attention_mask"].bool()
+    assert (logits(load_pvm(tiny_base), batch) - logits(base_model, batch))[real].abs().max() <= 1e-6
+    # with open gates, each sample's logits do not depend on the other sample or on its padding
+    pvm = load_pvm(tiny_base, gates=1.0)
+    together = logits(pvm, batch)
+    alone = logits(pvm, processor(text=texts[:1], images=[[random_image(64, 96, 1)]], return_tensors="pt"))
+    length = int(real[0].sum())
+    assert (together[0, :length] - alone[0]).abs().max() <= 1e-4
