@@ -56,7 +56,8 @@ def set_gates(model, value: float) -> None:
 
 
 def pvm_layers(model) -> list[PVMQwen3VLTextDecoderLayer]:
-    return [layer for layer in model.model.language_model.layers if isinstance(layer, PVMQwen3VLTextDecoderLayer)]
+    """The decoder layers with a PVM branch (also of models loaded as remote code, whose classes are other objects)."""
+    return [layer for layer in model.model.language_model.layers if hasattr(layer, "pvm")]
 
 
 def random_image(height: int, width: int, seed: int) -> Image.Image:

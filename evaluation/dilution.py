@@ -1,0 +1,250 @@
+"""`pvm-qwen3vl eval dilution`: the Visual Stress Test ("Blind Painter") of the paper.
+
+The model describes an image to a blind painter until the token limit (the end-of-sequence token is suppressed by
+default, so every sample reaches it). The generation is then replayed teacher-forced in one forward with eager
+attention, and read-only hooks measure, at every generated position t and every decoder layer:
+
+- `visual_share`: Ω_V(t) = Z_V / (Z_V + Z_T), the attention mass of the query that produced token t on the visual
+  tokens, averaged over heads (and over images);
+- `pvm_norm`: for PVM layers, the norm of the gated injection ||gate * PVM(h_t)|| at the same position.
+
+Generation runs with no hook attached and the replay reproduces it exactly (a causal model computes the same thing at
+each position), so measuring changes nothing. The layer-mean Ω_V(t) is fitted with a / (b + t), the shape the
+paper's bound β / (β + μt) predicts. For a model that attends uniformly, a is the number of visual tokens and b the
+number of prompt tokens; attention that favours the image raises a/b.
+
+Outputs: `dilution.csv` (`position,layer,visual_share,pvm_norm`; pvm_norm empty where the layer has no PVM),
+`dilution.json` (fits, per-layer means, settings), `dilution.png`, `generations.jsonl`, and with `--compare` the
+second model's `dilution_compare.csv` and both curves in the figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from evaluation.common import (
+    LoadedModel,
+    append_jsonl,
+    decoder_layers,
+    encode_prompts,
+    generate,
+    pvm_layer_indices,
+    teacher_forced_inputs,
+    to_device,
+    visual_token_ids,
+    write_json,
+)
+from evaluation.probes import PVMNormProbe, VisualShareProbe
+from evaluation.prompts import Prompt
+
+
+@dataclass
+class DilutionResult:
+    """Measurements averaged over images. `shares` [L, N]: Ω_V at positions 1..N for each layer; `pvm_norms`: PVM layer
+    -> [N]; `counts` [N]: how many images reached each position."""
+
+    model: str
+    shares: np.ndarray
+    pvm_norms: dict[int, np.ndarray]
+    counts: np.ndarray
+    texts: list[str] = field(default_factory=list)
+    num_visual_tokens: list[int] = field(default_factory=list)
+    prompt_lengths: list[int] = field(default_factory=list)
+
+    @property
+    def positions(self) -> np.ndarray:
+        return np.arange(1, self.shares.shape[1] + 1)
+
+    @property
+    def mean_share(self) -> np.ndarray:
+        """Ω_V(t) averaged over layers."""
+        return self.shares.mean(axis=0)
+
+    @property
+    def num_layers(self) -> int:
+        return self.shares.shape[0]
+
+
+def measure_dilution(
+    loaded: LoadedModel,
+    images: list,
+    prompt: Prompt | str,
+    *,
+    max_new_tokens: int,
+    batch_size: int = 1,
+    stop_at_eos: bool = False,
+    temperature: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> DilutionResult:
+    """Run the stress test on each image and average the measurements (see the module docstring)."""
+    if loaded.model.config._attn_implementation != "eager":
+        raise ValueError("measure_dilution needs the model loaded with attn_implementation='eager'.")
+    num_layers = len(decoder_layers(loaded.model))
+    pvm_layers = pvm_layer_indices(loaded.model)
+    share_sum = np.zeros((num_layers, max_new_tokens))
+    norm_sum = {layer: np.zeros(max_new_tokens) for layer in pvm_layers}
+    counts = np.zeros(max_new_tokens)
+    result = DilutionResult(loaded.name, share_sum, {}, counts)
+    visual_ids = torch.tensor(visual_token_ids(loaded.model))
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc=f"dilution {Path(loaded.name).name}", unit="batch", disable=not progress):
+        chunk = images[start : start + batch_size]
+        batch = encode_prompts(loaded.processor, [prompt] * len(chunk), [[image] for image in chunk])
+        generation = generate(
+            loaded,
+            batch,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            min_new_tokens=None if stop_at_eos else max_new_tokens,
+            seed=seed + start,
+            replayable=True,
+        )
+        inputs = teacher_forced_inputs(batch, generation)
+        prompt_length, steps = generation.prompt_length, generation.new_tokens.shape[1]
+        visual_mask = torch.isin(inputs["input_ids"], visual_ids)
+        visual_mask[:, prompt_length:] = False  # only the prompt holds images
+        # The query that produced generated token t (1-based) sits at column prompt_length - 1 + (t - 1).
+        query_start, query_stop = prompt_length - 1, prompt_length - 1 + steps
+        with (
+            VisualShareProbe(loaded.model, visual_mask, query_start, query_stop) as shares,
+            PVMNormProbe(loaded.model, query_start, query_stop) as norms,
+            torch.no_grad(),
+        ):
+            loaded.model(**to_device(inputs, loaded.device), use_cache=False)
+        for row in range(len(chunk)):
+            # the steps that produced the kept tokens, and the end token when the sample stopped
+            valid = min(steps, generation.num_tokens[row] + int(generation.finished[row]))
+            counts[:valid] += 1
+            for layer in range(num_layers):
+                share_sum[layer, :valid] += shares.shares[layer][row, :valid].numpy()
+            for layer in pvm_layers:
+                norm_sum[layer][:valid] += norms.norms[layer][row, :valid].numpy()
+            result.texts.append(generation.texts[row])
+            result.num_visual_tokens.append(int(visual_mask[row].sum()))
+            result.prompt_lengths.append(int(batch["attention_mask"][row].sum()))
+    reached = counts > 0
+    last = int(np.nonzero(reached)[0].max()) + 1 if reached.any() else 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result.shares = share_sum[:, :last] / counts[:last]
+        result.pvm_norms = {layer: total[:last] / counts[:last] for layer, total in norm_sum.items()}
+    result.counts = counts[:last]
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Fitting a / (b + t)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def fit_inverse(positions: np.ndarray, values: np.ndarray) -> dict[str, float]:
+    """Least-squares fit of values ≈ a / (b + t) with b > 0: for each b the best a is closed-form, and b is found by
+    a log-grid search refined by golden-section search. Returns a, b, r2 and rmse."""
+    t = np.asarray(positions, dtype=float)
+    y = np.asarray(values, dtype=float)
+    keep = np.isfinite(y)
+    t, y = t[keep], y[keep]
+    if len(t) < 3:
+        return {"a": math.nan, "b": math.nan, "r2": math.nan, "rmse": math.nan}
+
+    def solve(b: float) -> tuple[float, float]:
+        x = 1.0 / (b + t)
+        a = float(np.dot(x, y) / np.dot(x, x))
+        return a, float(np.sum((y - a * x) ** 2))
+
+    grid = np.geomspace(1e-3, 1e4 * max(t.max(), 1.0), 240)
+    errors = [solve(b)[1] for b in grid]
+    best = int(np.argmin(errors))
+    low, high = math.log(grid[max(best - 1, 0)]), math.log(grid[min(best + 1, len(grid) - 1)])
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(80):
+        left, right = high - ratio * (high - low), low + ratio * (high - low)
+        if solve(math.exp(left))[1] < solve(math.exp(right))[1]:
+            high = right
+        else:
+            low = left
+    b = math.exp((low + high) / 2)
+    a, sse = solve(b)
+    total = float(np.sum((y - y.mean()) ** 2))
+    return {"a": a, "b": b, "r2": 1.0 - sse / total if total > 0 else math.nan, "rmse": math.sqrt(sse / len(t))}
+
+
+def summarize_dilution(result: DilutionResult) -> dict[str, Any]:
+    """Fits and per-layer statistics of a measurement."""
+    shares = result.shares
+    steps = shares.shape[1]
+    quarter = max(1, steps // 4)
+    per_layer = shares.mean(axis=1)
+    return {
+        "model": result.model,
+        "positions": steps,
+        "images": len(result.texts),
+        "num_visual_tokens": result.num_visual_tokens,
+        "prompt_lengths": result.prompt_lengths,
+        "fit": fit_inverse(result.positions, result.mean_share),
+        "layer_fits": {str(layer): fit_inverse(result.positions, shares[layer]) for layer in range(len(shares))},
+        "mean_share_first_quarter": float(np.nanmean(result.mean_share[:quarter])),
+        "mean_share_last_quarter": float(np.nanmean(result.mean_share[-quarter:])),
+        "spearman_share_vs_position": _spearman(result.positions, result.mean_share),
+        "mean_share_by_layer": [float(value) for value in per_layer],
+        "peak_layer": int(np.nanargmax(per_layer)),
+        "pvm_layers": sorted(result.pvm_norms),
+        "mean_pvm_norm_by_layer": {str(layer): float(np.nanmean(norm)) for layer, norm in result.pvm_norms.items()},
+    }
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    keep = np.isfinite(y)
+    if keep.sum() < 3:
+        return math.nan
+    ranks_x = np.argsort(np.argsort(x[keep])).astype(float)
+    ranks_y = np.argsort(np.argsort(y[keep])).astype(float)
+    return float(np.corrcoef(ranks_x, ranks_y)[0, 1])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def write_csv(result: DilutionResult, path: str | os.PathLike) -> None:
+    """One row per (position, layer): position (1-based generated token), layer (0-based), visual_share, pvm_norm."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["position", "layer", "visual_share", "pvm_norm"])
+        for step in range(result.shares.shape[1]):
+            for layer in range(result.num_layers):
+                norm = result.pvm_norms.get(layer)
+                writer.writerow(
+                    [step + 1, layer, f"{result.shares[layer, step]:.6g}", "" if norm is None else f"{norm[step]:.6g}"]
+                )
+
+
+def write_outputs(
+    out: Path, result: DilutionResult, compare: DilutionResult | None, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the CSV(s), generations, summary JSON and figure; return the summary."""
+    from evaluation.plotting import plot_dilution
+
+    write_csv(result, out / "dilution.csv")
+    generations = out / "generations.jsonl"
+    generations.unlink(missing_ok=True)
+    rows = [{"model": result.model, "image": index, "output": text} for index, text in enumerate(result.texts)]
+    summary = {"settings": settings, "model": summarize_dilution(result)}
+    if compare is not None:
+        write_csv(compare, out / "dilution_compare.csv")
+        rows += [{"model": compare.model, "image": index, "output": text} for index, text in enumerate(compare.texts)]
+        summary["compare"] = summarize_dilution(compare)
+    append_jsonl(generations, rows)
+    write_json(out / "dilution.json", summary)
+    plot_dilution(result, compare, summary, out / "dilution.png")
+    return summary

@@ -1,0 +1,129 @@
+"""`pvm-qwen3vl eval length-groups`: accuracy by output length, base against PVM.
+
+Takes the `predictions.jsonl` of a base run and of a PVM run on the same samples (from `eval bench`). Each sample's
+length is the base model's mean `num_tokens` over its runs and its accuracy the mean of `correct` over runs. The
+samples both files share are sorted by that length (ties by id) and split into equal-size groups (sizes differ by at
+most one). Per group: accuracy of each model, absolute gain, and relative gain (PVM - base) / base.
+
+The paper (MathVerse, 4 groups, shortest to longest): +6.1 %, +7.3 %, +17.0 %, +27.3 %; the longest group goes from
+39.1 to 49.8. Writes `length_groups.json` and `length_groups.png`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluation.common import prepare_out_dir, read_jsonl, write_json
+
+logger = logging.getLogger(__name__)
+
+PAPER_MATHVERSE_RELATIVE_GAINS = [0.061, 0.073, 0.170, 0.273]
+
+
+def per_sample(rows: list[dict[str, Any]], source: str) -> dict[str, dict[str, float]]:
+    """id -> mean num_tokens and mean correctness over the runs of that sample."""
+    grouped: dict[str, list[dict]] = {}
+    for number, row in enumerate(rows, 1):
+        missing = [key for key in ("id", "correct", "num_tokens") if key not in row]
+        if missing:
+            raise ValueError(f"{source}, row {number}: missing {missing}; give a predictions.jsonl from `eval bench`.")
+        grouped.setdefault(str(row["id"]), []).append(row)
+    return {
+        sample_id: {
+            "num_tokens": statistics.fmean(float(row["num_tokens"]) for row in sample_rows),
+            "correct": statistics.fmean(float(bool(row["correct"])) for row in sample_rows),
+            "runs": len(sample_rows),
+        }
+        for sample_id, sample_rows in grouped.items()
+    }
+
+
+def length_groups(base_rows: list[dict], pvm_rows: list[dict], groups: int = 4) -> dict[str, Any]:
+    """The report: overall and per-group accuracies and gains."""
+    if groups < 1:
+        raise ValueError(f"--groups must be at least 1, got {groups}.")
+    base, pvm = per_sample(base_rows, "base"), per_sample(pvm_rows, "pvm")
+    common = sorted(set(base) & set(pvm), key=lambda sample_id: (base[sample_id]["num_tokens"], sample_id))
+    if len(common) < groups:
+        raise ValueError(
+            f"the two prediction files share {len(common)} sample ids, fewer than the {groups} groups; run both "
+            "models on the same dataset (same ids)."
+        )
+    only_base, only_pvm = len(set(base) - set(pvm)), len(set(pvm) - set(base))
+    if only_base or only_pvm:
+        logger.warning("ignoring %d samples only in the base file and %d only in the PVM file", only_base, only_pvm)
+    report_groups = []
+    for number, ids in enumerate(np.array_split(np.array(common, dtype=object), groups), 1):
+        ids = list(ids)
+        lengths = [base[sample_id]["num_tokens"] for sample_id in ids]
+        base_accuracy = statistics.fmean(base[sample_id]["correct"] for sample_id in ids)
+        pvm_accuracy = statistics.fmean(pvm[sample_id]["correct"] for sample_id in ids)
+        report_groups.append(
+            {
+                "group": number,
+                "n": len(ids),
+                "min_tokens": min(lengths),
+                "max_tokens": max(lengths),
+                "mean_tokens": statistics.fmean(lengths),
+                "base_accuracy": base_accuracy,
+                "pvm_accuracy": pvm_accuracy,
+                "absolute_gain": pvm_accuracy - base_accuracy,
+                "relative_gain": (pvm_accuracy - base_accuracy) / base_accuracy if base_accuracy > 0 else None,
+            }
+        )
+    base_overall = statistics.fmean(base[sample_id]["correct"] for sample_id in common)
+    pvm_overall = statistics.fmean(pvm[sample_id]["correct"] for sample_id in common)
+    return {
+        "n": len(common),
+        "groups": report_groups,
+        "base_accuracy": base_overall,
+        "pvm_accuracy": pvm_overall,
+        "relative_gain": (pvm_overall - base_overall) / base_overall if base_overall > 0 else None,
+        "ignored": {"only_in_base": only_base, "only_in_pvm": only_pvm},
+        "paper_mathverse_relative_gains": PAPER_MATHVERSE_RELATIVE_GAINS if groups == 4 else None,
+    }
+
+
+def run_length_groups(
+    base_path: str | os.PathLike, pvm_path: str | os.PathLike, out_dir: str | os.PathLike, groups: int = 4
+) -> dict[str, Any]:
+    """Read both prediction files, write `length_groups.json` and `length_groups.png` under `out_dir`."""
+    from evaluation.plotting import plot_length_groups
+
+    base_path, pvm_path = _predictions_file(base_path), _predictions_file(pvm_path)
+    report = length_groups(read_jsonl(base_path), read_jsonl(pvm_path), groups)
+    report.update(base=str(base_path), pvm=str(pvm_path))
+    out = prepare_out_dir(out_dir)
+    write_json(out / "length_groups.json", report)
+    plot_length_groups(report, out / "length_groups.png")
+    return report
+
+
+def _predictions_file(path: str | os.PathLike) -> Path:
+    """A predictions.jsonl, or a bench output folder that holds one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "predictions.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no predictions file; give the predictions.jsonl written by `eval bench`.")
+    return path
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        "| group | n | tokens (base) | base acc (%) | PVM acc (%) | relative gain |",
+        "|---:|---:|---|---:|---:|---:|",
+    ]
+    for group in report["groups"]:
+        gain = "n/a" if group["relative_gain"] is None else f"{100 * group['relative_gain']:+.1f}%"
+        lines.append(
+            f"| {group['group']} | {group['n']} | {group['min_tokens']:.0f}-{group['max_tokens']:.0f} | "
+            f"{100 * group['base_accuracy']:.1f} | {100 * group['pvm_accuracy']:.1f} | {gain} |"
+        )
+    return "\n".join(lines)

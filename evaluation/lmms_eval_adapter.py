@@ -1,0 +1,197 @@
+"""lmms-eval model `pvm_qwen3_vl`: evaluate PVM (and base Qwen3-VL) checkpoints on lmms-eval's tasks.
+
+    lmms-eval --model pvm_qwen3_vl --model_args pretrained=runs/pvm,batch_size=8 \\
+        --tasks mmstar,ai2d_lite --gen_kwargs temperature=0.7 --output_path runs/lmms-eval
+
+lmms-eval (an optional dependency: `pip install lmms-eval`) finds the model through the `lmms_eval.models` entry
+point that points at `manifest` in this module. Until that entry point is declared in the project's packaging, run
+the same command as `python -m evaluation.lmms_eval_adapter --model pvm_qwen3_vl ...`, which registers the model
+and hands every argument to lmms-eval's own command line; or call `register()` before `lmms_eval.evaluator`.
+
+The model is a "simple" lmms-eval model: `generate_until` receives each request's context, generation settings and
+`doc_to_visual`, puts the document's images before the text in one user turn (lmms-eval's `<image>` / `<image N>`
+placeholders are dropped, as lmms-eval's own Qwen3-VL model does), and generates in left-padded batches with this
+package's `common.generate`. Requests are grouped by identical generation settings and batched by prompt length.
+Log-likelihood requests and videos are not supported (lmms-eval's Qwen3-VL model does not support the former
+either). It runs in one process on one device.
+
+`model_args`: `pretrained` (folder or Hub id), `device` (auto), `dtype` (auto), `batch_size` (1),
+`attn_implementation`, `max_new_tokens` (default budget when a task sets none: 1024), `system_prompt`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+from tqdm.auto import tqdm
+
+try:  # lmms-eval's legacy registry (kept by 0.7 next to the manifest registry)
+    from lmms_eval.api.registry import register_model
+except ImportError:  # pragma: no cover - very old or future lmms-eval
+
+    def register_model(*names):
+        return lambda cls: cls
+
+
+MODEL_NAME = "pvm_qwen3_vl"
+_PLACEHOLDER = re.compile(r"<image(?:\s*\d+)?>")
+
+
+@register_model(MODEL_NAME)
+class PVMQwen3VL(lmms):
+    """A Qwen3-VL or PVM checkpoint behind lmms-eval's model interface."""
+
+    is_simple = True
+
+    def __init__(
+        self,
+        pretrained: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int | str = 1,
+        attn_implementation: str | None = None,
+        max_new_tokens: int | str = 1024,
+        system_prompt: str | None = None,
+        **unexpected: Any,
+    ) -> None:
+        super().__init__()
+        if unexpected:
+            raise ValueError(
+                f"pvm_qwen3_vl: unknown model_args {sorted(unexpected)}; known: pretrained, device, dtype, batch_size, "
+                "attn_implementation, max_new_tokens, system_prompt."
+            )
+        from evaluation.common import load_model
+
+        self.loaded = load_model(pretrained, device, dtype, attn_implementation)
+        self.batch_size_per_gpu = int(batch_size)
+        self.default_max_new_tokens = int(max_new_tokens)
+        self.system_prompt = system_prompt
+
+    # -- properties lmms-eval reads --------------------------------------------------------------------------------
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    @property
+    def tokenizer(self):
+        return self.loaded.processor.tokenizer
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    @property
+    def device(self):
+        return self.loaded.device
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    # -- requests ----------------------------------------------------------------------------------------------------
+
+    def generate_until(self, requests: Sequence[Instance]) -> list[str]:
+        from evaluation.common import encode_prompts, generate
+        from evaluation.prompts import Prompt
+
+        results: list[str | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(index)
+        bar = tqdm(total=len(requests), desc="pvm_qwen3_vl", disable=self.rank != 0)
+        for indices in groups.values():
+            gen_kwargs = dict(requests[indices[0]].args[1])
+            indices = sorted(indices, key=lambda index: -len(requests[index].args[0]))
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                contexts = [requests[index].args[0] for index in chunk]
+                images = [self._visuals(requests[index]) for index in chunk]
+                prompts = [Prompt(_PLACEHOLDER.sub("", context).strip(), self.system_prompt) for context in contexts]
+                batch = encode_prompts(self.loaded.processor, prompts, images)
+                generation = generate(self.loaded, batch, **self._generation_settings(gen_kwargs))
+                for index, context, text in zip(chunk, contexts, generation.texts):
+                    text = _cut(text, gen_kwargs.get("until"))
+                    results[index] = text
+                    self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+                bar.update(len(chunk))
+        bar.close()
+        return [text or "" for text in results]
+
+    def _visuals(self, request: Instance) -> list:
+        from PIL import Image
+
+        _, _, doc_to_visual, doc_id, task, split = request.args[:6]
+        visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual is not None else []
+        images = []
+        for visual in visuals or []:
+            if isinstance(visual, Image.Image):
+                images.append(visual.convert("RGB"))
+            elif visual is not None:
+                raise NotImplementedError(
+                    f"pvm_qwen3_vl handles still images; task {task!r} gave a {type(visual).__name__} (video/audio)."
+                )
+        return images
+
+    def _generation_settings(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+        temperature = float(gen_kwargs.get("temperature") or 0.0)
+        if gen_kwargs.get("do_sample") is False:
+            temperature = 0.0
+        settings: dict[str, Any] = {
+            "max_new_tokens": int(gen_kwargs.get("max_new_tokens") or self.default_max_new_tokens),
+            "temperature": temperature,
+        }
+        top_p = gen_kwargs.get("top_p")
+        if temperature > 0 and top_p not in (None, 0, 0.0):
+            settings["top_p"] = float(top_p)
+        return settings
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("pvm_qwen3_vl answers generate_until requests only (as lmms-eval's qwen3_vl).")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("pvm_qwen3_vl does not implement multi-round generation.")
+
+
+def _cut(text: str, until: Any) -> str:
+    """The text up to the first stop sequence."""
+    stops = [until] if isinstance(until, str) else list(until or [])
+    for stop in stops:
+        if stop:
+            text = text.split(stop)[0]
+    return text
+
+
+def manifest():
+    """The payload of the `lmms_eval.models` entry point: model id -> this class."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id=MODEL_NAME, simple_class_path="evaluation.lmms_eval_adapter.PVMQwen3VL")
+
+
+def register() -> None:
+    """Make `pvm_qwen3_vl` resolvable by lmms-eval in this process (what the entry point does at import)."""
+    import lmms_eval.models as models
+
+    models.MODEL_REGISTRY_V2.register_manifest(manifest(), overwrite=True)
+    if isinstance(getattr(models, "AVAILABLE_MODELS", None), dict):
+        models.AVAILABLE_MODELS[MODEL_NAME] = "PVMQwen3VL"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """lmms-eval's command line with `pvm_qwen3_vl` registered."""
+    register()
+    from lmms_eval.cli.dispatch import main as lmms_eval_main
+
+    sys.argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+    lmms_eval_main()
+
+
+if __name__ == "__main__":
+    main()
