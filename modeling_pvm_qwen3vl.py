@@ -52,18 +52,30 @@ PAD_POSITION = torch.iinfo(torch.long).max
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+class PVMRMSNorm(Qwen3VLTextRMSNorm):
+    """Qwen3-VL's RMSNorm (same weight, bit-identical result) through torch's fused `rms_norm`.
+
+    One operator (two in half precision) instead of eight: the branch runs a handful of these per decode step, where
+    each operator's launch costs as much as its arithmetic. In half precision the weight is applied after rounding
+    the normalised input to its dtype, as Qwen3-VL does.
+    """
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(hidden_states, self.weight.shape, self.weight, self.variance_epsilon)
+        return self.weight * F.rms_norm(hidden_states, self.weight.shape, eps=self.variance_epsilon)
+
+
 class PVMAffineFreeRMSNorm(nn.Module):
-    """RMSNorm with no learnable scale: fixes the scale of the branch's output, so the gate alone sets its size."""
+    """RMSNorm with no learnable scale: fixes the scale of the branch's output, so the gate alone sets its size.
+    Computed in float32 and rounded once to the input's dtype (torch's fused `rms_norm`)."""
 
     def __init__(self, eps: float = 1e-6):
         super().__init__()
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        return (hidden_states * torch.rsqrt(variance + self.variance_epsilon)).to(input_dtype)
+        return F.rms_norm(hidden_states, hidden_states.shape[-1:], eps=self.variance_epsilon)
 
 
 class PVMLatentMLP(nn.Module):
@@ -71,7 +83,7 @@ class PVMLatentMLP(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str, eps: float):
         super().__init__()
-        self.norm = Qwen3VLTextRMSNorm(hidden_size, eps=eps)
+        self.norm = PVMRMSNorm(hidden_size, eps=eps)
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
@@ -104,8 +116,8 @@ class PVMCrossAttention(nn.Module):
         self.k_proj = nn.Linear(latent, self.num_key_value_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(latent, self.num_key_value_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, latent, bias=False)
-        self.q_norm = Qwen3VLTextRMSNorm(self.head_dim, eps=text_config.rms_norm_eps)
-        self.k_norm = Qwen3VLTextRMSNorm(self.head_dim, eps=text_config.rms_norm_eps)
+        self.q_norm = PVMRMSNorm(self.head_dim, eps=text_config.rms_norm_eps)
+        self.k_norm = PVMRMSNorm(self.head_dim, eps=text_config.rms_norm_eps)
 
     def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, M, latent] -> keys, values [B, H_kv, M, head_dim]."""
@@ -147,7 +159,7 @@ class PVMBlock(nn.Module):
         self.gate_init = config.pvm_gate_init
         self.query_reducer = nn.Linear(hidden, latent, bias=False)
         self.memory_reducer = nn.Linear(hidden, latent, bias=False)
-        self.query_norm = Qwen3VLTextRMSNorm(latent, eps=eps)
+        self.query_norm = PVMRMSNorm(latent, eps=eps)
         self.cross_attn = PVMCrossAttention(config)
         self.mlp = PVMLatentMLP(latent, config.pvm_intermediate_size, text_config.hidden_act, eps)
         self.expander = nn.Linear(latent, hidden, bias=False)
@@ -181,7 +193,7 @@ class PVMParallelMLPBlock(nn.Module):
         hidden, latent, eps = text_config.hidden_size, config.pvm_hidden_size, text_config.rms_norm_eps
         self.gate_init = config.pvm_gate_init
         self.query_reducer = nn.Linear(hidden, latent, bias=False)
-        self.query_norm = Qwen3VLTextRMSNorm(latent, eps=eps)
+        self.query_norm = PVMRMSNorm(latent, eps=eps)
         self.mlp = PVMLatentMLP(latent, iso_parameter_mlp_width(config), text_config.hidden_act, eps)
         self.expander = nn.Linear(latent, hidden, bias=False)
         self.output_norm = PVMAffineFreeRMSNorm(eps)
@@ -223,6 +235,11 @@ class PVMMemoryCacheLayer(DynamicLayer):
     slots). The slot grows only when a forward brings new visual tokens (a new turn with an image). It follows the batch
     through beam search and batch expansion like any cache layer, and is not cropped with the text.
     """
+
+    # Its tensors change only when a forward brings visual tokens (a prefill), never while decoding, so a static cache
+    # that holds it stays compileable. This also matters without compiling: attention masking skips the mask of a
+    # one-token decode step whenever the cache is not compileable, which is wrong for static self-attention layers.
+    is_compileable = True
 
     def __init__(self):
         super().__init__()
@@ -304,19 +321,21 @@ def build_pvm_context(
         return context
     visual_mask = visual_pos_masks.to(inputs_embeds.device)
     counts = visual_mask.sum(dim=1)
-    num_memory = int(counts.max())
+    # One read-back for the three sizes: most visual tokens in a sample, fewest, most text tokens.
+    num_memory, fewest, num_queries = torch.stack(
+        [counts.max(), counts.min(), visual_mask.shape[1] - counts.min()]
+    ).tolist()
     if num_memory == 0:
         return context
     context.memory_index = _first_where(visual_mask, num_memory)
     valid = torch.gather(visual_mask, 1, context.memory_index)
     context.memory_positions = torch.where(valid, context.memory_index + past_length, PAD_POSITION)
-    context.memory_all_valid = bool((counts == num_memory).all())
+    context.memory_all_valid = fewest == num_memory
     if config.pvm_memory_source == "visual_embeddings":
         context.memory_embeds = _gather_tokens(inputs_embeds, context.memory_index)
     if config.pvm_silence_visual_tokens:
         context.silence_mask = visual_mask
         text_mask = ~visual_mask
-        num_queries = int(text_mask.sum(dim=1).max())
         context.query_index = _first_where(text_mask, num_queries)
         context.query_valid = torch.gather(text_mask, 1, context.query_index)
     return context
@@ -401,19 +420,16 @@ class PVMQwen3VLTextDecoderLayer(Qwen3VLTextDecoderLayer):
             return None
         keys, values, memory_positions, all_valid = memory
 
-        if context.query_index is not None:  # prefill: compute only the text positions the silencing mask keeps
-            queries = _gather_tokens(hidden_states, context.query_index)
-            query_positions = context.query_index + context.past_length  # [B, Tq]
-        else:
-            queries = hidden_states
-            query_positions = torch.arange(hidden_states.shape[1], device=hidden_states.device) + context.past_length
-            query_positions = query_positions.unsqueeze(0)  # [1, T]
+        # prefill: compute only the text positions the silencing mask keeps
+        queries = hidden_states if context.query_index is None else _gather_tokens(hidden_states, context.query_index)
 
         # Decoding over a memory without padding needs no mask: every slot lies before the new token.
         needs_mask = not all_valid or (self.pvm_causal and context.has_new_memory)
         attention_mask = visible = None
         if needs_mask:
-            limit = query_positions.unsqueeze(-1) if self.pvm_causal else PAD_POSITION
+            limit = PAD_POSITION
+            if self.pvm_causal:
+                limit = self._query_positions(hidden_states, context).unsqueeze(-1)
             visible = memory_positions.unsqueeze(1) < limit  # [B, Tq, M]
             attention_mask = torch.zeros(visible.shape, dtype=queries.dtype, device=queries.device)
             attention_mask = attention_mask.masked_fill(~visible, torch.finfo(queries.dtype).min).unsqueeze(1)
@@ -427,6 +443,14 @@ class PVMQwen3VLTextDecoderLayer(Qwen3VLTextDecoderLayer):
             index = context.query_index.unsqueeze(-1).expand(-1, -1, output.shape[-1])
             return torch.zeros_like(hidden_states).scatter(1, index, output)
         return self._silence(output, context)
+
+    @staticmethod
+    def _query_positions(hidden_states: torch.Tensor, context: PVMContext) -> torch.Tensor:
+        """Sequence positions of the queries: [B, Tq] (prefill, text positions) or [1, T] (every position)."""
+        if context.query_index is not None:
+            return context.query_index + context.past_length
+        positions = torch.arange(hidden_states.shape[1], device=hidden_states.device) + context.past_length
+        return positions.unsqueeze(0)
 
     def _memory(
         self, layer_input: torch.Tensor, context: PVMContext, cache: Cache | None
@@ -526,6 +550,8 @@ class PVMQwen3VLTextModel(PVMQwen3VLPreTrainedModel, Qwen3VLTextModel):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if isinstance(past_length, torch.Tensor):  # a static cache's running count: the layers update it in place
+            past_length = past_length.clone()
         pvm_context = build_pvm_context(self.pvm_config, inputs_embeds, visual_pos_masks, past_length)
         return super().forward(
             input_ids=None,

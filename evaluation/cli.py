@@ -401,9 +401,15 @@ def _add_image_arguments(parser: argparse.ArgumentParser, count: int, note: str 
     parser.add_argument("--image-size", type=_positive_int, default=448, help="side of drawn scenes in pixels")
 
 
+def register_bench(subparsers: argparse._SubParsersAction) -> None:
+    """The throughput benchmark (`pvm-qwen3vl bench`), base vs PVM, defined in `evaluation.bench`."""
+    from evaluation.bench import register as register_throughput
+
+    register_throughput(subparsers)
+
+
 # Registrars of the top-level commands defined under evaluation/. Each takes the `pvm-qwen3vl` subparsers action.
-# >>> Performance engineer: add the throughput `bench` command's registrar to this tuple. <<<
-REGISTRARS: tuple[Registrar, ...] = (register_eval,)
+REGISTRARS: tuple[Registrar, ...] = (register_eval, register_bench)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
