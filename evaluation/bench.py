@@ -138,7 +138,7 @@ def _progress(total: int, description: str, enabled: bool):
 
 def measure_inference(pair: ModelPair, preset: Preset, batch: int, args: argparse.Namespace) -> dict:
     """Timed generations of every variant at one batch size, interleaved step by step (see
-    `interleaved_generation`), then one untimed run of each alone for its peak memory, and an operator audit."""
+    `interleaved_generation`)."""
     inputs = build_inputs(preset, pair.base, batch, preset.image_side, seed=args.seed)
     variants = build_variants(pair, preset, args)
     raw = {label: {metric: [] for metric in TIMED_METRICS} for label in variants}
@@ -152,17 +152,22 @@ def measure_inference(pair: ModelPair, preset: Preset, batch: int, args: argpars
                 for label, run in figures.items():
                     for metric in TIMED_METRICS:
                         raw[label][metric].append(run[metric])
-    extra = {}
-    for label, variant in variants.items():
-        memory = memory_run(variant, inputs, preset.new_tokens, pair.device)
-        memory["audit"] = audit_decode_step(variant, inputs)
-        raw[label]["peak_memory_bytes"] = [memory.pop("peak_memory_bytes")]
-        extra[label] = memory
     base = raw["base"]
     contention = [median / fastest for median, fastest in zip(base["tpot_s"], base["tpot_min_s"])]
     quality = {"load_average_per_rep": load, "base_tpot_median_over_fastest_per_rep": contention}
     quality["disturbed"] = statistics.median(contention) > CONTENTION_LIMIT
-    return {"raw": raw, "extra": extra, "quality": quality}
+    return {"raw": raw, "quality": quality}
+
+
+def measure_inference_memory(pair: ModelPair, preset: Preset, batch: int, args: argparse.Namespace) -> dict:
+    """One untimed generation of each variant alone, for its peak memory and cache bytes, and an operator audit of
+    one decode step. Run after every timing: the memory tracker's bookkeeping must not disturb the timed runs."""
+    inputs = build_inputs(preset, pair.base, batch, preset.image_side, seed=args.seed)
+    extra = {}
+    for label, variant in build_variants(pair, preset, args).items():
+        extra[label] = memory_run(variant, inputs, preset.new_tokens, pair.device)
+        extra[label]["audit"] = audit_decode_step(variant, inputs)
+    return extra
 
 
 def _language_model_names(name: str) -> bool:
@@ -173,16 +178,24 @@ def _pvm_names(name: str) -> bool:
     return ".pvm." in name
 
 
-def measure_training(pair: ModelPair, preset: Preset, args: argparse.Namespace) -> dict:
-    """Alternating training runs: stage 1 (PVM only, PVM model), stage 2 (LLM [+ PVM]) of both models."""
-    inputs = build_inputs(preset, pair.base, 1, preset.train_image_side, seed=args.seed + 1)
-    labels = training_labels(inputs, pair.base.config.image_token_id)
-    runs = {
+def _training_runs(pair: ModelPair) -> dict:
+    return {
         "stage1_pvm": (pair.pvm, _pvm_names),
         "stage2_base": (pair.base, _language_model_names),
         "stage2_pvm": (pair.pvm, _language_model_names),
     }
-    raw = {label: {"step_s": [], "peak_memory_bytes": []} for label in runs}
+
+
+def _training_inputs(pair: ModelPair, preset: Preset, args: argparse.Namespace) -> tuple[dict, torch.Tensor]:
+    inputs = build_inputs(preset, pair.base, 1, preset.train_image_side, seed=args.seed + 1)
+    return inputs, training_labels(inputs, pair.base.config.image_token_id)
+
+
+def measure_training(pair: ModelPair, preset: Preset, args: argparse.Namespace) -> dict:
+    """Alternating timed training runs: stage 1 (PVM only, PVM model), stage 2 (LLM [+ PVM]) of both models."""
+    inputs, labels = _training_inputs(pair, preset, args)
+    runs = _training_runs(pair)
+    raw = {label: {"step_s": []} for label in runs}
     rounds = args.warmup + args.reps
     with _progress(rounds * len(runs), "training", args.progress) as bar:
         for index, label in _alternating(list(runs), rounds):
@@ -191,9 +204,18 @@ def measure_training(pair: ModelPair, preset: Preset, args: argparse.Namespace) 
                 run = training_run(model, params, inputs, labels, preset.train_steps, pair.device)
             bar.update()
             if index >= args.warmup:
-                for metric in raw[label]:
-                    raw[label][metric].append(run[metric])
+                raw[label]["step_s"].append(run["step_s"])
     return {"raw": raw, "sequence_tokens": int(inputs["input_ids"].shape[1])}
+
+
+def measure_training_memory(pair: ModelPair, preset: Preset, args: argparse.Namespace) -> dict:
+    """Peak memory of one training step of each run (untimed, after every timing)."""
+    inputs, labels = _training_inputs(pair, preset, args)
+    memory = {}
+    for label, (model, names) in _training_runs(pair).items():
+        with trainable(model, names) as params:
+            memory[label] = training_run(model, params, inputs, labels, 0, pair.device, measure_memory=True)
+    return memory
 
 
 def summarize_inference(measured: dict) -> tuple[dict, dict]:
@@ -203,6 +225,8 @@ def summarize_inference(measured: dict) -> tuple[dict, dict]:
         label: {metric: summarize(values) for metric, values in metrics.items()} for label, metrics in raw.items()
     }
     for label, extra in measured["extra"].items():
+        raw[label]["peak_memory_bytes"] = [extra.pop("peak_memory_bytes")]
+        summary[label]["peak_memory_bytes"] = summarize(raw[label]["peak_memory_bytes"])
         summary[label].update(extra)
     summary["quality"] = measured["quality"]
     ratios = {
@@ -215,6 +239,8 @@ def summarize_inference(measured: dict) -> tuple[dict, dict]:
 
 def summarize_training(measured: dict) -> tuple[dict, dict]:
     raw = measured["raw"]
+    for label, extra in measured["memory"].items():
+        raw[label]["peak_memory_bytes"] = [extra["peak_memory_bytes"]]
     summary = {label: {metric: summarize(values) for metric, values in metrics.items()} for label, metrics in raw.items()}
     summary["sequence_tokens"] = measured["sequence_tokens"]
     ratios = {
@@ -519,7 +545,7 @@ def resolve_preset(args: argparse.Namespace) -> Preset:
             flags = ", ".join("--" + key.replace("_", "-") for key in missing)
             raise ValueError(f"--preset custom needs {flags}")
         shape["vocab_size"] = shape["vocab_size"] or 8192
-        return get_preset("cpu-mid", name="custom", description="custom shapes", **shape)
+        return dataclasses.replace(get_preset("cpu-mid", **shape), name="custom", description="custom shapes")
     return get_preset(name, **shape)
 
 
@@ -563,12 +589,17 @@ def _run_bench(args: argparse.Namespace) -> dict:
         "ratios": {},
         "cost_model": cost_model(preset),
     }
-    for batch in preset.batch_sizes:
-        summary, ratios = summarize_inference(measure_inference(pair, preset, batch, args))
+    # Every timing first; the memory tracker's bookkeeping comes last, so that it cannot disturb them.
+    inference = {batch: measure_inference(pair, preset, batch, args) for batch in preset.batch_sizes}
+    training = None if args.no_train else measure_training(pair, preset, args)
+    for batch, measured in inference.items():
+        measured["extra"] = measure_inference_memory(pair, preset, batch, args)
+        summary, ratios = summarize_inference(measured)
         report["inference"][f"batch{batch}"] = summary
         report["ratios"][f"batch{batch}"] = ratios
-    if not args.no_train:
-        summary, ratios = summarize_training(measure_training(pair, preset, args))
+    if training is not None:
+        training["memory"] = measure_training_memory(pair, preset, args)
+        summary, ratios = summarize_training(training)
         report["training"] = summary
         report["ratios"]["training"] = ratios
     report["targets"] = check_targets(preset, report["ratios"])

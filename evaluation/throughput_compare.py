@@ -1,19 +1,22 @@
 """Before/after timing of two versions of `modeling_pvm_qwen3vl.py`, in one process, on the same weights.
 
-    python -m evaluation.throughput_compare --reference old_modeling.py --out runs/bench/before-after.json
+    python -m evaluation.throughput_compare --reference c39cf4c --out runs/bench/before-after.json
 
 Builds the `cpu-mid` (or another preset's) base model and PVM model from the current modeling file, loads the
 reference file as a separate module and builds its PVM model on the very same tensors, then times base, reference
 PVM and current PVM (each PVM also with its memory keys/values recomputed every step) with the decode steps
-interleaved, as `pvm-qwen3vl bench` does. Without --reference, the reference is the file at git HEAD.
+interleaved, as `pvm-qwen3vl bench` does. --reference is a file, or a git revision whose modeling file is used
+(default: HEAD).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,11 +30,12 @@ from evaluation.throughput_setup import build_inputs, build_models, get_preset, 
 from evaluation.throughput_timing import Variant, interleaved_generation
 
 
-def load_reference(path: str | None):
-    """The reference modeling module: `path`, or `modeling_pvm_qwen3vl.py` at git HEAD."""
-    if path is None:
+def load_reference(reference: str):
+    """The reference modeling module: a file, or `modeling_pvm_qwen3vl.py` at a git revision."""
+    path = reference
+    if not Path(reference).is_file():
         source = subprocess.run(
-            ["git", "show", "HEAD:modeling_pvm_qwen3vl.py"], check=True, capture_output=True, text=True
+            ["git", "show", f"{reference}:modeling_pvm_qwen3vl.py"], check=True, capture_output=True, text=True
         ).stdout
         handle = tempfile.NamedTemporaryFile("w", suffix=".py", delete=False)
         handle.write(source)
@@ -77,7 +81,14 @@ def compare(args: argparse.Namespace) -> dict:
         "reference_recompute": Variant(before, _recompute(before, True)),
         "current_recompute": Variant(pair.pvm, _recompute(pair.pvm, True)),
     }
-    results = {"preset": preset.name, "reps": args.reps, "torch_threads": torch.get_num_threads()}
+    results = {
+        "preset": preset.name,
+        "reference": args.reference,
+        "reps": args.reps,
+        "torch_threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
     for batch in args.batch_sizes:
         inputs = build_inputs(preset, pair.base, batch, preset.image_side)
         raw = {label: {"prefill_s": [], "tpot_s": []} for label in variants}
@@ -100,7 +111,9 @@ def compare(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evaluation.throughput_compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reference", help="the modeling file to compare against (default: git HEAD's)")
+    parser.add_argument(
+        "--reference", default="HEAD", help="modeling file, or git revision of one, to compare against (default: HEAD)"
+    )
     parser.add_argument("--preset", default="cpu-mid")
     parser.add_argument("--batch-sizes", type=lambda text: [int(b) for b in text.split(",")], default=[1, 8])
     parser.add_argument("--reps", type=int, default=5)

@@ -154,3 +154,14 @@ def test_before_after_comparison_runs_on_the_smoke_preset(tmp_path):
     assert compare_main(["--preset", "smoke", "--batch-sizes", "1", "--reps", "1", "--out", str(out)]) == 0
     results = json.loads(out.read_text())
     assert {"reference/base", "current/base", "current_recompute/base"} <= set(results["batch1"])
+
+
+def test_custom_preset_runs_in_bfloat16(tmp_path):
+    shape = ["--hidden-size", "64", "--num-layers", "2", "--intermediate-size", "128", "--num-heads", "4",
+             "--num-kv-heads", "2", "--head-dim", "16", "--vocab-size", "256", "--pvm-latent", "32", "--pvm-layers", "1",
+             "--image-side", "2"]
+    run = ["--reps", "1", "--warmup", "0", "--new-tokens", "2", "--batch-sizes", "1", "--no-train", "--no-progress"]
+    assert main(["--preset", "custom", *shape, *run, "--dtype", "bfloat16", "--threads", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["preset"]["name"] == "custom" and report["preset"]["dtype"] == "bfloat16"
+    assert report["preset"]["hidden_size"] == 64 and report["preset"]["pvm_layers"] == [1]
