@@ -14,10 +14,23 @@ where V are the visual tokens of the sample (the vision merger's output). The br
 positions. The keys/values of V are projected once per prompt and kept in the generation cache, so decoding does no
 per-step work over the visual tokens, and no module holds state between calls.
 
+The generation cache has more layers than the decoder. After the `num_hidden_layers` layers of self-attention keys and
+values come one memory slot per PVM layer, in the order of `pvm_layers` (none for the "mlp" variant, which reads no
+memory): `len(cache.layers) == num_hidden_layers + len(pvm_layers)`, so `len(past_key_values)` counts them too. Tell
+them apart with `getattr(layer, "is_pvm_memory", False)` (True on `PVMMemoryCacheLayer` only) or with the model's
+`pvm_cache_slots()` (PVM layer -> slot index). The slots hold visual tokens, not text: `get_seq_length()`, which reads
+layer 0, is the text length as usual, and cropping the text leaves the memory as it is.
+
+Compiling: decoding on a static cache compiles with `fullgraph=True` (a memory slot changes only at a prefill with
+images). A prefill with images does not: Qwen3-VL's vision tower splits its attention by image sizes read on the host,
+and PVM reads the number of visual tokens per sample (`build_pvm_context`) to size the memory. `generate` runs the
+prefill eager and compiles only the decoding steps.
+
 Self-contained remote code: imports only torch, transformers and `configuration_pvm_qwen3vl.py`.
 """
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -26,6 +39,7 @@ from transformers import AutoModel, Qwen3VLTextConfig
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen3_vl.modeling_qwen3_vl import (
     Qwen3VLForConditionalGeneration,
     Qwen3VLModel,
@@ -99,6 +113,17 @@ class PVMCrossAttention(nn.Module):
 
     Heads have the backbone's head_dim; per-head RMSNorm on queries and keys; no RoPE (the memory is a set).
     Keys/values are produced by `project_memory` once per prompt and passed back in at every call.
+
+    It runs on the text model's attention implementation (`config.text_config._attn_implementation`, switched by
+    `set_attn_implementation`) through transformers' attention interface, and returns `(output, attn_weights)` as
+    transformers' attention modules do: the weights [B, H, Tq, M] with "eager", None with "sdpa" and flash attention
+    (flex attention, whose second output is its log-sum-exp, is refused by transformers for Qwen3-VL). Two backends
+    cannot serve every call of this cross-attention, and sdpa/eager stand in for them:
+
+    - Flash attention takes no per-query mask, only a [B, kv_len] padding mask that it applies to queries and keys
+      alike. A call that needs a mask (a causal prefill with images; a memory padded because the batch's images
+      differ in size) runs on sdpa; the others (decoding over an unpadded memory, the usual case) run on flash.
+    - "paged|eager" reads the continuous-batching cache, which holds no visual memory: plain eager serves it.
     """
 
     def __init__(self, config: PVMQwen3VLConfig):
@@ -126,27 +151,33 @@ class PVMCrossAttention(nn.Module):
         values = self.v_proj(memory).view(shape).transpose(1, 2)
         return keys, values
 
+    def attention_implementation(self, attention_mask: torch.Tensor | None) -> str:
+        """The attention implementation this call runs on (see the class docstring for the two stand-ins)."""
+        implementation = self.config._attn_implementation or "sdpa"
+        if implementation == "paged|eager":
+            return "eager"
+        if attention_mask is not None and "flash" in implementation:
+            return "sdpa"
+        return implementation
+
     def forward(
         self,
         query: torch.Tensor,  # [B, Tq, latent]
         keys: torch.Tensor,  # [B, H_kv, M, head_dim]
         values: torch.Tensor,  # [B, H_kv, M, head_dim]
         attention_mask: torch.Tensor | None,  # [B, 1, Tq, M] additive, or None when every slot is visible
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the output [B, Tq, latent] and the attention weights [B, H, Tq, M] (None unless eager)."""
         shape = (*query.shape[:-1], -1, self.head_dim)
         queries = self.q_norm(self.q_proj(query).view(shape)).transpose(1, 2)  # [B, H, Tq, head_dim]
-        if self.config._attn_implementation == "eager":
-            output, _ = eager_attention_forward(self, queries, keys, values, attention_mask, scaling=self.scaling)
-        else:  # sdpa; flash/flex backends use sdpa for this short, non-causal read of the memory
-            output = F.scaled_dot_product_attention(
-                queries,
-                keys,
-                values,
-                attn_mask=attention_mask,
-                scale=self.scaling,
-                enable_gqa=self.num_key_value_groups > 1,
-            ).transpose(1, 2)
-        return self.o_proj(output.reshape(*query.shape[:-1], -1))
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.attention_implementation(attention_mask), eager_attention_forward
+        )
+        output, attn_weights = attention_interface(
+            self, queries, keys, values, attention_mask, dropout=0.0, scaling=self.scaling, is_causal=False
+        )
+        output = self.o_proj(output.reshape(*query.shape[:-1], -1).contiguous())
+        return output, attn_weights
 
 
 class PVMBlock(nn.Module):
@@ -179,8 +210,8 @@ class PVMBlock(nn.Module):
         attention_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         latent = self.query_norm(self.query_reducer(hidden_states))
-        latent = self.mlp(self.cross_attn(latent, keys, values, attention_mask))
-        return self.gate * self.output_norm(self.expander(latent))
+        attended, _ = self.cross_attn(latent, keys, values, attention_mask)
+        return self.gate * self.output_norm(self.expander(self.mlp(attended)))
 
 
 class PVMParallelMLPBlock(nn.Module):
@@ -240,6 +271,8 @@ class PVMMemoryCacheLayer(DynamicLayer):
     # that holds it stays compileable. This also matters without compiling: attention masking skips the mask of a
     # one-token decode step whenever the cache is not compileable, which is wrong for static self-attention layers.
     is_compileable = True
+    # Tells the memory slots apart from the decoder layers' own: `getattr(layer, "is_pvm_memory", False)`.
+    is_pvm_memory = True
 
     def __init__(self):
         super().__init__()
@@ -380,10 +413,20 @@ class PVMQwen3VLTextDecoderLayer(Qwen3VLTextDecoderLayer):
         self.pvm_cache_slot = config.text_config.num_hidden_layers + sorted(config.pvm_layers).index(layer_idx)
         self.pvm = PVMParallelMLPBlock(config) if config.pvm_variant == "mlp" else PVMBlock(config)
 
+    def __call__(self, hidden_states: torch.Tensor, *args, pvm_context: PVMContext | None = None, **kwargs):
+        """Passes the "visual_embeddings" memory to `forward` as a positional argument. Activation checkpointing with
+        `use_reentrant=True` tracks only positional tensors: the memory carries the vision tower's graph, and as a
+        keyword its recompute would run backward through that graph inside the checkpoint, once per PVM layer
+        ("Trying to backward through the graph a second time"). Positional, its gradient leaves the checkpoint like
+        the hidden states' do."""
+        memory_embeds = pvm_context.memory_embeds if pvm_context is not None else None
+        return super().__call__(hidden_states, memory_embeds, *args, pvm_context=pvm_context, **kwargs)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        memory_embeds: torch.Tensor | None = None,  # [B, M, D]: `pvm_context.memory_embeds`, given by `__call__`
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
@@ -404,6 +447,9 @@ class PVMQwen3VLTextDecoderLayer(Qwen3VLTextDecoderLayer):
         hidden_states = layer_input + hidden_states  # h: the query of PVM
         output = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
         if pvm_context is not None:
+            if memory_embeds is not None and memory_embeds is not pvm_context.memory_embeds:
+                # a recompute of reentrant checkpointing: read the detached copy whose gradient the checkpoint returns
+                pvm_context = replace(pvm_context, memory_embeds=memory_embeds)
             pvm_output = self._pvm(hidden_states, layer_input, pvm_context, past_key_values)
             if pvm_output is not None:
                 output = output + pvm_output
@@ -494,7 +540,7 @@ class PVMQwen3VLTextDecoderLayer(Qwen3VLTextDecoderLayer):
 class PVMQwen3VLPreTrainedModel(Qwen3VLPreTrainedModel):
     config_class = PVMQwen3VLConfig
     _no_split_modules = ["PVMQwen3VLTextDecoderLayer", "Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock"]
-    _can_compile_fullgraph = False  # a prefill with images indexes its visual tokens on the host
+    _can_compile_fullgraph = True  # decoding; a prefill with images indexes its visual tokens on the host (eager)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Stock Qwen3-VL init, and each PVM gate at `pvm_gate_init`. The expander keeps its random init: zeroing it
@@ -594,6 +640,17 @@ class PVMQwen3VLForConditionalGeneration(PVMQwen3VLPreTrainedModel, Qwen3VLForCo
     def pvm_parameters(self):
         """(name, parameter) of every PVM weight."""
         return [(name, param) for name, param in self.named_parameters() if ".pvm." in name]
+
+    def pvm_cache_slots(self) -> dict[int, int]:
+        """PVM layer index -> index of its memory slot (a `PVMMemoryCacheLayer`) in a generation cache's `layers`.
+        The slots follow the `num_hidden_layers` decoder layers' own; the "mlp" variant keeps no memory (empty)."""
+        if self.config.pvm_variant == "mlp":
+            return {}
+        return {
+            idx: layer.pvm_cache_slot
+            for idx, layer in enumerate(self.model.language_model.layers)
+            if isinstance(layer, PVMQwen3VLTextDecoderLayer)
+        }
 
     def pvm_gates(self) -> dict[int, float]:
         """Layer index -> current gate value."""

@@ -21,9 +21,10 @@ they are close to, but not the same number as, the paper's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-from evaluation.data import ColumnMap, DatasetSpec
+from pvm_qwen3vl.evaluation.data import ColumnMap, DatasetSpec
 
 _MMMU_IMAGES = tuple(f"image_{index}" for index in range(1, 8))
 _MMBENCH_COLUMNS = ColumnMap(id="index", image="image", question="question", options=tuple("ABCDE"), hint="hint")
@@ -133,9 +134,6 @@ BENCHMARKS: dict[str, Benchmark] = {
     )
 }
 
-PAPER_BENCHMARKS = tuple(BENCHMARKS)
-
-
 def get_benchmark(name: str) -> Benchmark:
     key = name.strip().lower().replace("-", "_")
     if key not in BENCHMARKS:
@@ -149,3 +147,38 @@ def parse_benchmarks(text: str) -> list[Benchmark]:
     if [name.strip().lower() for name in names] == ["paper"]:
         return list(BENCHMARKS.values())
     return [get_benchmark(name) for name in names]
+
+
+def selected_benchmarks(
+    data: str | None,
+    benchmark: str | None,
+    *,
+    split: str | None = None,
+    subset: str | None = None,
+    columns: list[str] = (),
+    filters: list[str] = (),
+) -> list[Benchmark]:
+    """The datasets of `--data` (one, named after its file) or `--benchmark` (named ones), with the command line's
+    split, subset, `--column KEY=COLUMN` and `--filter COLUMN=VALUE` applied."""
+    if bool(data) == bool(benchmark):
+        raise ValueError("give a dataset with --data or named benchmarks with --benchmark (one of the two).")
+    selected: dict[str, list[str]] = {}
+    for item in filters:
+        column, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--filter {item!r}: expected COLUMN=VALUE.")
+        selected.setdefault(column.strip(), []).append(value)
+    named = parse_benchmarks(benchmark) if benchmark else [Benchmark(Path(data).stem, data, DatasetSpec(data))]
+    return [
+        replace(
+            item,
+            dataset=replace(
+                item.dataset,
+                split=split or item.dataset.split,
+                subset=subset or item.dataset.subset,
+                columns=item.dataset.columns.updated(columns),
+                filters={**item.dataset.filters, **selected},
+            ),
+        )
+        for item in named
+    ]

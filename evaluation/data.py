@@ -1,4 +1,4 @@
-"""Evaluation datasets: loading (Hub id, `save_to_disk` folder, or JSONL file) and mapping their columns onto samples.
+"""Evaluation datasets: the rows of a source (`pvm_qwen3vl.data.load_source`) mapped onto question-answering samples.
 
 A JSONL dataset has one object per line, with image paths relative to the file:
 
@@ -12,27 +12,40 @@ be a letter ("B", "(B)"), an option index ("1", with `answer_format=index`), or 
 be a list column, a string holding a list (MMMU), or one column per letter (MMBench: `options=A,B,C,D`). A question
 is multiple choice when its `question_type` column says so, when it has options, or when its answer is a lone
 letter A-J (benchmarks whose options are printed inside the question or the image: MMStar, MathVerse vision-only).
+
+Every row is checked when the dataset is loaded, before any generation: its columns, its answer and each image
+(found and readable). All problems are reported at once (a `DataValidationError` naming each sample id and image
+path). Images are decoded only when a sample is used (`SampleSet.images`).
 """
 
 from __future__ import annotations
 
 import ast
-import io
 import json
 import math
-import os
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
-from evaluation.prompts import LETTERS
+from tqdm.auto import tqdm
+
+from pvm_qwen3vl.answers import LETTERS, choices_for, gold_letter, is_multiple_choice
+from pvm_qwen3vl.data import (
+    DataValidationError,
+    RowError,
+    RowProblem,
+    Source,
+    check_image,
+    image_record,
+    load_image,
+    load_source,
+    undecoded_images,
+)
+from pvm_qwen3vl.prompts import render_prompt, resolve_template
 
 ANSWER_FORMATS = ("auto", "letter", "index", "text")
-# Letters accepted as a multiple-choice answer when a question lists its options outside the options column.
-IMPLICIT_CHOICES = LETTERS[:10]
 _MISSING = ("", "nan", "none", "null")
 
 
@@ -53,37 +66,25 @@ class ColumnMap:
         if self.answer_format not in ANSWER_FORMATS:
             raise ValueError(f"answer_format: {self.answer_format!r} is not one of {', '.join(ANSWER_FORMATS)}.")
 
-    @classmethod
-    def from_dict(cls, mapping: dict[str, Any]) -> ColumnMap:
-        known = {item.name for item in fields(cls)}
-        unknown = sorted(set(mapping) - known)
-        if unknown:
-            raise ValueError(f"unknown column key(s) {unknown}; the keys are {', '.join(sorted(known))}.")
-        values = {key: tuple(value) if isinstance(value, list) else value for key, value in mapping.items()}
-        return cls(**values)
-
     def updated(self, assignments: Sequence[str]) -> ColumnMap:
         """Apply `key=column` assignments (`options=A,B,C,D` for several columns, `hint=` to unset)."""
-        changes: dict[str, Any] = {}
+        known = {item.name: getattr(self, item.name) for item in fields(self)}
         for assignment in assignments:
             key, sep, value = assignment.partition("=")
-            key = key.strip().replace("-", "_")
+            key, value = key.strip().replace("-", "_"), value.strip()
             if not sep:
                 raise ValueError(f"--column {assignment!r}: expected key=column, e.g. question=problem.")
-            value = value.strip()
-            if key in ("image", "options") and "," in value:
-                changes[key] = tuple(part.strip() for part in value.split(",") if part.strip())
-            else:
-                changes[key] = value or None
-        return self.from_dict({**self.to_dict(), **changes})
+            if key not in known:
+                raise ValueError(
+                    f"--column {assignment!r}: unknown column key {key!r}; the keys are {', '.join(known)}."
+                )
+            several = key in ("image", "options") and "," in value
+            known[key] = tuple(part.strip() for part in value.split(",") if part.strip()) if several else value or None
+        return ColumnMap(**known)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {item.name: getattr(self, item.name) for item in fields(self)}
-
-    def required_columns(self) -> list[str]:
-        required = [self.question, self.answer]
-        required += list(self.image) if isinstance(self.image, tuple) else [self.image]
-        return required
+    @property
+    def image_columns(self) -> tuple[str, ...]:
+        return self.image if isinstance(self.image, tuple) else (self.image,)
 
 
 @dataclass(frozen=True)
@@ -97,21 +98,56 @@ class DatasetSpec:
     filters: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sample:
-    """One evaluation item. For multiple choice (`kind == "mc"`) `answer` is the correct letter."""
+    """One evaluation item: the text of a row and where its images are (`row`). For multiple choice
+    (`kind == "mc"`) `answer` is the correct letter."""
 
     id: str
-    images: list[Any]
+    row: int
     question: str
     options: list[str]
     answer: str
     kind: str  # "mc" or "open"
 
+
+class SampleSet(Sequence):
+    """The validated samples of a dataset; `images(sample)` decodes a sample's images when it is used."""
+
+    def __init__(self, source: Source, columns: ColumnMap, samples: list[Sample]):
+        self.source, self.columns, self.samples = source, columns, samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        return self.samples[index]
+
     @property
-    def choices(self) -> str:
-        """The letters a multiple-choice prediction may take."""
-        return LETTERS[: len(self.options)] if self.options else IMPLICIT_CHOICES
+    def ids(self) -> list[str]:
+        return [sample.id for sample in self.samples]
+
+    def images(self, sample: Sample) -> list:
+        records = image_records(self.source.rows[sample.row], self.columns, self.source)
+        return [load_image(record) for _, record in records]
+
+
+class PromptedSamples(Sequence):
+    """(prompt, images) of each sample of a `SampleSet`, rendered with an evaluation prompt template
+    (`pvm_qwen3vl.prompts.render_prompt`); images are decoded on access."""
+
+    def __init__(self, samples: SampleSet, template: str, system: str | None = None):
+        self.samples, self.template, self.system = samples, resolve_template(template), system
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[position] for position in range(*index.indices(len(self)))]
+        sample = self.samples[index]
+        prompt = render_prompt(self.template, sample.question, sample.options, sample.kind, self.system)
+        return prompt, self.samples.images(sample)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -119,133 +155,80 @@ class Sample:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class SampleSet:
-    """The samples of a dataset, built on access (images are decoded only when a sample is read)."""
-
-    def __init__(self, rows: Any, columns: ColumnMap, base_dir: Path | None, name: str):
-        self.rows = rows
-        self.columns = columns
-        self.base_dir = base_dir
-        self.name = name
-        self.ids = self._ids()
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> Sample:
-        return build_sample(self.rows[index], self.ids[index], self.columns, self.base_dir, self.name)
-
-    def _ids(self) -> list[str]:
-        column = self.columns.id
-        names = column_names(self.rows)
-        if column and column in names:
-            values = self.rows[column] if hasattr(self.rows, "column_names") else [row[column] for row in self.rows]
-            ids = [str(value) for value in values]
-        else:
-            ids = [str(index) for index in range(len(self.rows))]
-        duplicates = sorted(sample_id for sample_id, count in Counter(ids).items() if count > 1)
-        if duplicates:
-            raise ValueError(
-                f"{self.name}: sample ids must be unique (they key resumed runs), but {duplicates[:5]} repeat. Map "
-                "another column with --column id=NAME, or --column id= to number the rows."
-            )
-        return ids
-
-
-def column_names(rows: Any) -> list[str]:
-    if hasattr(rows, "column_names"):
-        return list(rows.column_names)
-    names: dict[str, None] = {}
-    for row in rows:
-        names.update(dict.fromkeys(row))
-    return list(names)
-
-
 def load_samples(spec: DatasetSpec, limit: int | None = None) -> SampleSet:
-    """Load a dataset, apply its filters and `limit` (the first N rows), and check that the mapped columns exist."""
-    rows, base_dir = _load_rows(spec)
+    """Load a dataset, keep the rows its filters select (the first `limit` of them), and check every row: all
+    problems are raised together, as a `DataValidationError`, before anything runs."""
+    source = load_source(spec.source, spec.subset, spec.split)
+    source.rows = undecoded_images(source.rows)
     if spec.filters:
-        rows = _filter(rows, spec.filters, spec.source)
+        source.rows = _filtered(source, spec.filters)
     if limit is not None:
         if limit < 1:
             raise ValueError(f"--limit must be a positive number of samples, got {limit}.")
-        rows = rows.select(range(min(limit, len(rows)))) if hasattr(rows, "select") else rows[:limit]
-    if len(rows) == 0:
-        raise ValueError(f"{spec.source}: the dataset has no rows (after filters {spec.filters or 'none'}).")
-    names = column_names(rows)
-    missing = [name for name in spec.columns.required_columns() if name not in names]
+        rows = source.rows
+        source.rows = rows.select(range(min(limit, len(rows)))) if hasattr(rows, "select") else rows[:limit]
+    if len(source) == 0:
+        raise ValueError(f"{spec.source}: no row is left after the filters {spec.filters}.")
+    columns = spec.columns
+    names = source.column_names
+    missing = [name for name in (columns.question, columns.answer, *columns.image_columns) if name not in names]
     if missing:
         raise ValueError(
             f"{spec.source}: column(s) {missing} not found; the dataset has {names}. Map them with "
             "--column KEY=COLUMN, e.g. --column question=problem --column image=img."
         )
-    return SampleSet(rows, spec.columns, base_dir, spec.source)
+    ids = _ids(source, columns)
+    samples, errors = [], []
+    rows = tqdm(source.rows, desc=f"checking {source.name}", unit="row", disable=len(source) < 1000, leave=False)
+    for index, (sample_id, row) in enumerate(zip(ids, rows)):
+        try:
+            samples.append(build_sample(row, sample_id, index, columns))
+            for column, record in image_records(row, columns, source):
+                check_image(record, column, "open")
+        except RowProblem as problem:
+            errors.append(RowError(f"{sample_id!r}", problem.column, problem.message))
+    if errors:
+        raise DataValidationError(
+            source.name, errors, len(source), "Fix these rows, or map other columns with --column KEY=COLUMN."
+        )
+    return SampleSet(source, columns, samples)
 
 
-def _load_rows(spec: DatasetSpec) -> tuple[Any, Path | None]:
-    path = Path(os.path.expanduser(spec.source))
-    if path.is_file():
-        if path.suffix not in (".jsonl", ".json"):
-            raise ValueError(f"{path}: a local dataset file must be JSONL (one JSON object per line).")
-        from evaluation.common import read_jsonl
-
-        return read_jsonl(path), path.parent
-    if path.is_dir():
-        return _select_split(_load_from_disk(path), spec), path
-    if path.suffix in (".jsonl", ".json") or spec.source.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{spec.source}: no such dataset file or folder.")
-    import datasets
-
-    try:
-        loaded = datasets.load_dataset(spec.source, spec.subset, split=spec.split)
-    except Exception as error:  # the Hub client raises many kinds: name them all in one message
-        raise OSError(
-            f"{spec.source}: cannot load it as a Hub dataset (subset {spec.subset!r}, split {spec.split!r}): "
-            f"{error}. Use a local JSONL file or a `save_to_disk` folder when offline."
-        ) from error
-    return _select_split(loaded, spec), None
-
-
-def _load_from_disk(path: Path):
-    import datasets
-
-    try:
-        return datasets.load_from_disk(str(path))
-    except FileNotFoundError as error:
-        raise ValueError(
-            f"{path}: not a `datasets.save_to_disk` folder (no dataset_info.json / dataset_dict.json). Give a JSONL "
-            "file or a folder written by Dataset.save_to_disk."
-        ) from error
-
-
-def _select_split(loaded: Any, spec: DatasetSpec):
-    if not hasattr(loaded, "keys"):  # a Dataset
-        return loaded
-    splits = list(loaded.keys())
-    if spec.split is not None:
-        if spec.split not in splits:
-            raise ValueError(f"{spec.source}: no split {spec.split!r}; it has {splits}. Choose one with --split.")
-        return loaded[spec.split]
-    if len(splits) == 1:
-        return loaded[splits[0]]
-    raise ValueError(f"{spec.source}: it has several splits {splits}; choose one with --split.")
-
-
-def _filter(rows: Any, filters: dict[str, Any], source: str):
-    names = column_names(rows)
+def _filtered(source: Source, filters: dict[str, Any]):
+    names = source.column_names
     for column in filters:
         if column not in names:
-            raise ValueError(f"{source}: cannot filter on column {column!r}; the dataset has {names}.")
-    wanted = {column: set(value) if isinstance(value, (list, tuple)) else {value} for column, value in filters.items()}
-
-    filter_columns = list(wanted)
+            raise ValueError(f"{source.name}: cannot filter on column {column!r}; the dataset has {names}.")
+    wanted = {
+        column: {str(item) for item in (value if isinstance(value, (list, tuple)) else [value])}
+        for column, value in filters.items()
+    }
 
     def keep(*values: Any) -> bool:  # command-line values are strings: "3" selects 3 too
-        return all(value in wanted[column] or str(value) in wanted[column] for column, value in zip(filter_columns, values))
+        return all(str(value) in wanted[column] for column, value in zip(wanted, values))
 
-    if hasattr(rows, "filter"):  # reads only the filtered columns: no image is decoded
-        return rows.filter(keep, input_columns=filter_columns)
-    return [row for row in rows if keep(*(row[column] for column in filter_columns))]
+    if hasattr(source.rows, "filter"):  # reads only the filtered columns
+        return source.rows.filter(keep, input_columns=list(wanted))
+    return [row for row in source.rows if keep(*(row.get(column) for column in wanted))]
+
+
+def _ids(source: Source, columns: ColumnMap) -> list[str]:
+    if columns.id and columns.id in source.column_names:
+        values = (
+            source.rows[columns.id]
+            if hasattr(source.rows, "column_names")
+            else [row.get(columns.id) for row in source.rows]
+        )
+        ids = [str(value) for value in values]
+    else:
+        ids = [str(index) for index in range(len(source))]
+    repeated = sorted(sample_id for sample_id, count in Counter(ids).items() if count > 1)
+    if repeated:
+        raise ValueError(
+            f"{source.name}: sample ids must be unique (they key resumed runs), but {repeated[:5]} repeat. Map "
+            "another column with --column id=NAME, or --column id= to number the rows."
+        )
+    return ids
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -253,32 +236,36 @@ def _filter(rows: Any, filters: dict[str, Any], source: str):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def build_sample(
-    row: dict, sample_id: str, columns: ColumnMap, base_dir: Path | None, name: str = "dataset"
-) -> Sample:
-    """Map one row onto a `Sample` (decoding its images)."""
-    where = f"{name}, sample {sample_id}"
-    images = _images(row, columns.image, base_dir, where)
-    question = _clean_placeholders(_text(row.get(columns.question)))
+def build_sample(row: dict, sample_id: str, index: int, columns: ColumnMap) -> Sample:
+    """Map one row onto a `Sample` (its images are not read); raises `RowProblem` on the first problem."""
+    question = re.sub(r"<image\s*(\d+)>", r"(image \1)", _text(row.get(columns.question)))
+    # MMMU/MathVision write `<image 1>` where an image belongs; images come first in our prompt, so the placeholder
+    # becomes a plain reference that the model cannot mistake for a special token.
+    question = question.replace("<image>", "").strip()
     hint = _text(row.get(columns.hint)) if columns.hint else ""
     if hint:
         question = f"{hint}\n{question}"
-    options = _options(row, columns.options, where)
-    raw_answer = row.get(columns.answer)
-    if _is_missing(raw_answer):
-        raise ValueError(f"{where}: the answer column {columns.answer!r} is empty.")
-    answer = str(raw_answer).strip()
+    options = _options(row, columns.options)
+    answer = _text(row.get(columns.answer))
+    if not answer:
+        raise RowProblem(columns.answer, "the answer is empty", missing=True)
     kind = _kind(row, columns, options, answer)
     if kind == "mc":
-        answer = _answer_letter(answer, options, columns.answer_format, where)
-    return Sample(id=sample_id, images=images, question=question, options=options, answer=answer, kind=kind)
+        answer = _answer_letter(answer, options, columns)
+    return Sample(sample_id, index, question, options, answer, kind)
 
 
-def _clean_placeholders(question: str) -> str:
-    """MMMU/MathVision write `<image 1>` / `<image1>` where an image belongs; the images come first in our prompt, so
-    the placeholder becomes a plain reference, "(image 1)", that the model cannot mistake for a special token."""
-    question = re.sub(r"<image\s*(\d+)>", r"(image \1)", question)
-    return question.replace("<image>", "").strip()
+def image_records(row: dict, columns: ColumnMap, source: Source) -> list[tuple[str, dict]]:
+    """(column, `{"bytes", "path"}` record) of each of a row's images (paths relative to the dataset's folder)."""
+    records = []
+    for column in columns.image_columns:
+        value = row.get(column)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if not _is_missing(item):
+                records.append((column, image_record(item, column, source.base_dir)))
+    if not records:
+        raise RowProblem("/".join(columns.image_columns), "no image", missing=True)
+    return records
 
 
 def _is_missing(value: Any) -> bool:
@@ -294,68 +281,52 @@ def _text(value: Any) -> str:
 
 
 def _kind(row: dict, columns: ColumnMap, options: list[str], answer: str) -> str:
-    if columns.question_type and not _is_missing(row.get(columns.question_type)):
-        declared = str(row[columns.question_type]).lower()
-        if "choice" in declared or "multi" in declared:
-            return "mc"
-        if any(word in declared for word in ("open", "free", "short", "numeric")):
-            return "open"
-    if options:
+    declared = _text(row.get(columns.question_type)).lower() if columns.question_type else ""
+    if "choice" in declared or "multi" in declared:
         return "mc"
+    if any(word in declared for word in ("open", "free", "short", "numeric")):
+        return "open"
     if columns.answer_format in ("letter", "index"):
         return "mc"
-    if columns.answer_format == "auto" and _letter(answer, IMPLICIT_CHOICES):
-        return "mc"
-    return "open"
+    return "mc" if options or (columns.answer_format == "auto" and is_multiple_choice(answer)) else "open"
 
 
-def _letter(text: str, allowed: str) -> str | None:
-    """The letter of an answer written as "B", "(B)", "B." or "B)"; None otherwise."""
-    match = re.fullmatch(r"\(?\s*([A-Za-z])\s*[\).:]?", text.strip())
-    if match and match.group(1).upper() in allowed:
-        return match.group(1).upper()
-    return None
-
-
-def _answer_letter(answer: str, options: list[str], answer_format: str, where: str) -> str:
-    allowed = LETTERS[: len(options)] if options else IMPLICIT_CHOICES
-    if answer_format == "index":
-        try:
+def _answer_letter(answer: str, options: list[str], columns: ColumnMap) -> str:
+    allowed = choices_for(options)
+    if columns.answer_format == "index":
+        if answer.isdigit() and int(answer) < len(allowed):
             return allowed[int(answer)]
-        except (ValueError, IndexError) as error:
-            raise ValueError(f"{where}: answer {answer!r} is not an option index 0..{len(allowed) - 1}.") from error
-    if answer_format in ("auto", "letter"):
-        letter = _letter(answer, allowed)
-        if letter:
-            return letter
-    normalized = answer.strip().lower()
-    for index, option in enumerate(options):
-        if option.strip().lower() == normalized:
-            return LETTERS[index]
-    if answer_format == "auto" and answer.isdigit() and int(answer) < len(options):
-        return LETTERS[int(answer)]
-    raise ValueError(
-        f"{where}: multiple-choice answer {answer!r} is not a letter in {allowed}, an option index, or the text of "
-        f"an option {options}. Set --column answer_format=index|letter|text, or question_type, to say how it reads."
-    )
+        raise RowProblem(columns.answer, f"answer {answer!r} is not an option index 0..{len(allowed) - 1}")
+    letter = gold_letter(answer, options)
+    if letter is None and columns.answer_format == "auto" and answer.isdigit() and int(answer) < len(options):
+        letter = LETTERS[int(answer)]
+    if letter is None:
+        raise RowProblem(
+            columns.answer,
+            f"multiple-choice answer {answer!r} is not a letter in {allowed}, an option index, or the text of an "
+            f"option {options}. Set --column answer_format=index|letter|text, or question_type, to say how it reads",
+        )
+    return letter
 
 
-def _options(row: dict, spec: str | tuple[str, ...] | None, where: str) -> list[str]:
+def _options(row: dict, spec: str | tuple[str, ...] | None) -> list[str]:
     if spec is None:
         return []
     if isinstance(spec, tuple):  # one column per letter
-        return [str(row[column]).strip() for column in spec if column in row and not _is_missing(row[column])]
+        return [str(row[column]).strip() for column in spec if not _is_missing(row.get(column))]
     value = row.get(spec)
     if _is_missing(value):
         return []
     if isinstance(value, str):
-        value = _parse_list(value, where)
+        value = _parse_list(value, spec)
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{where}: options must be a list of strings, got {type(value).__name__}.")
+        raise RowProblem(spec, f"options must be a list of strings, got {type(value).__name__}")
+    if len(value) > len(LETTERS):
+        raise RowProblem(spec, f"{len(value)} options is more than the letters A-Z can label")
     return [str(option).strip() for option in value if not _is_missing(option)]
 
 
-def _parse_list(text: str, where: str) -> list:
+def _parse_list(text: str, column: str) -> list:
     for parse in (json.loads, ast.literal_eval):
         try:
             value = parse(text)
@@ -363,36 +334,4 @@ def _parse_list(text: str, where: str) -> list:
             continue
         if isinstance(value, (list, tuple)):
             return list(value)
-    raise ValueError(f'{where}: options {text[:80]!r} is a string but not a list such as \'["a", "b"]\'.')
-
-
-def _images(row: dict, spec: str | tuple[str, ...], base_dir: Path | None, where: str) -> list[Any]:
-    columns = spec if isinstance(spec, tuple) else (spec,)
-    images: list[Any] = []
-    for column in columns:
-        value = row.get(column)
-        values = value if isinstance(value, (list, tuple)) else [value]
-        images += [_image(item, base_dir, where) for item in values if not _is_missing(item)]
-    if not images:
-        raise ValueError(f"{where}: no image in column(s) {list(columns)}.")
-    return images
-
-
-def _image(value: Any, base_dir: Path | None, where: str):
-    from PIL import Image
-
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    if isinstance(value, dict):  # a datasets Image feature that was not decoded
-        if value.get("bytes"):
-            return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
-        value = value.get("path")
-    if isinstance(value, (str, os.PathLike)):
-        path = Path(os.path.expanduser(str(value)))
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        if not path.is_file():
-            raise FileNotFoundError(f"{where}: image {value!r} not found (looked for {path}).")
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    raise ValueError(f"{where}: cannot read an image from a {type(value).__name__}.")
+    raise RowProblem(column, f'options {text[:80]!r} is a string but not a list such as \'["a", "b"]\'')

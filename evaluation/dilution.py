@@ -21,6 +21,7 @@ second model's `dilution_compare.csv` and both curves in the figure.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -29,28 +30,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from evaluation.common import (
-    LoadedModel,
-    append_jsonl,
-    decoder_layers,
-    encode_prompts,
-    generate,
-    pvm_layer_indices,
-    teacher_forced_inputs,
-    to_device,
-    visual_token_ids,
-    write_json,
-)
-from evaluation.probes import PVMNormProbe, VisualShareProbe
-from evaluation.prompts import Prompt
+from pvm_qwen3vl.checkpoints import LoadedModel
+from pvm_qwen3vl.evaluation.generation import pvm_layer_indices, replayed_batches
+from pvm_qwen3vl.evaluation.probes import PVMNormProbe, VisualShareProbe
+from pvm_qwen3vl.prompts import Prompt
 
 
 @dataclass
 class DilutionResult:
-    """Measurements averaged over images. `shares` [L, N]: Ω_V at positions 1..N for each layer; `pvm_norms`: PVM layer
-    -> [N]; `counts` [N]: how many images reached each position."""
+    """Measurements averaged over images. `shares` [L, N]: Ω_V at positions 1..N for each layer; `pvm_norms`: PVM
+    layer -> [N]; `counts` [N]: how many images reached each position."""
 
     model: str
     shares: np.ndarray
@@ -69,10 +59,6 @@ class DilutionResult:
         """Ω_V(t) averaged over layers."""
         return self.shares.mean(axis=0)
 
-    @property
-    def num_layers(self) -> int:
-        return self.shares.shape[0]
-
 
 def measure_dilution(
     loaded: LoadedModel,
@@ -87,53 +73,46 @@ def measure_dilution(
     progress: bool = True,
 ) -> DilutionResult:
     """Run the stress test on each image and average the measurements (see the module docstring)."""
-    if loaded.model.config._attn_implementation != "eager":
+    model = loaded.model
+    if model.config._attn_implementation != "eager":
         raise ValueError("measure_dilution needs the model loaded with attn_implementation='eager'.")
-    num_layers = len(decoder_layers(loaded.model))
-    pvm_layers = pvm_layer_indices(loaded.model)
+    num_layers = len(model.model.language_model.layers)
     share_sum = np.zeros((num_layers, max_new_tokens))
-    norm_sum = {layer: np.zeros(max_new_tokens) for layer in pvm_layers}
+    norm_sum = {layer: np.zeros(max_new_tokens) for layer in pvm_layer_indices(model)}
     counts = np.zeros(max_new_tokens)
     result = DilutionResult(loaded.name, share_sum, {}, counts)
-    visual_ids = torch.tensor(visual_token_ids(loaded.model))
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=f"dilution {Path(loaded.name).name}", unit="batch", disable=not progress):
-        chunk = images[start : start + batch_size]
-        batch = encode_prompts(loaded.processor, [prompt] * len(chunk), [[image] for image in chunk])
-        generation = generate(
-            loaded,
-            batch,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            min_new_tokens=None if stop_at_eos else max_new_tokens,
-            seed=seed + start,
-            replayable=True,
-        )
-        inputs = teacher_forced_inputs(batch, generation)
-        prompt_length, steps = generation.prompt_length, generation.new_tokens.shape[1]
-        visual_mask = torch.isin(inputs["input_ids"], visual_ids)
-        visual_mask[:, prompt_length:] = False  # only the prompt holds images
-        # The query that produced generated token t (1-based) sits at column prompt_length - 1 + (t - 1).
-        query_start, query_stop = prompt_length - 1, prompt_length - 1 + steps
+    visual_ids = torch.tensor([model.config.image_token_id, model.config.video_token_id])
+    replays = replayed_batches(
+        loaded,
+        [(prompt, [image]) for image in images],
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        min_new_tokens=None if stop_at_eos else max_new_tokens,
+        seed=seed,
+        desc="dilution",
+        progress=progress,
+    )
+    for generation, inputs in replays:
+        prompt_length = generation.prompt_length
+        visual_mask = torch.isin(inputs["input_ids"].cpu(), visual_ids)
+        start, stop = prompt_length - 1, prompt_length - 1 + generation.new_tokens.shape[1]
         with (
-            VisualShareProbe(loaded.model, visual_mask, query_start, query_stop) as shares,
-            PVMNormProbe(loaded.model, query_start, query_stop) as norms,
+            VisualShareProbe(model, visual_mask, start, stop) as shares,
+            PVMNormProbe(model, start, stop) as norms,
             torch.no_grad(),
         ):
-            loaded.model(**to_device(inputs, loaded.device), use_cache=False)
-        for row in range(len(chunk)):
-            # the steps that produced the kept tokens, and the end token when the sample stopped
-            valid = min(steps, generation.num_tokens[row] + int(generation.finished[row]))
+            model(**inputs, use_cache=False)
+        for row, valid in enumerate(generation.measured_steps):
             counts[:valid] += 1
             for layer in range(num_layers):
                 share_sum[layer, :valid] += shares.shares[layer][row, :valid].numpy()
-            for layer in pvm_layers:
-                norm_sum[layer][:valid] += norms.norms[layer][row, :valid].numpy()
+            for layer, total in norm_sum.items():
+                total[:valid] += norms.norms[layer][row, :valid].numpy()
             result.texts.append(generation.texts[row])
             result.num_visual_tokens.append(int(visual_mask[row].sum()))
-            result.prompt_lengths.append(int(batch["attention_mask"][row].sum()))
-    reached = counts > 0
-    last = int(np.nonzero(reached)[0].max()) + 1 if reached.any() else 0
+            result.prompt_lengths.append(int(inputs["attention_mask"][row, :prompt_length].sum()))
+    last = int(np.nonzero(counts)[0].max()) + 1 if counts.any() else 0
     with np.errstate(invalid="ignore", divide="ignore"):
         result.shares = share_sum[:, :last] / counts[:last]
         result.pvm_norms = {layer: total[:last] / counts[:last] for layer, total in norm_sum.items()}
@@ -147,35 +126,27 @@ def measure_dilution(
 
 
 def fit_inverse(positions: np.ndarray, values: np.ndarray) -> dict[str, float]:
-    """Least-squares fit of values ≈ a / (b + t) with b > 0: for each b the best a is closed-form, and b is found by
-    a log-grid search refined by golden-section search. Returns a, b, r2 and rmse."""
-    t = np.asarray(positions, dtype=float)
-    y = np.asarray(values, dtype=float)
-    keep = np.isfinite(y)
-    t, y = t[keep], y[keep]
+    """Least-squares fit of values ≈ a / (b + t) with b > 0: for each b the best a is closed-form, and b is found on
+    a log grid, zoomed in three times around the best point. Returns a, b, r2 and rmse."""
+    t, y = np.asarray(positions, dtype=float), np.asarray(values, dtype=float)
+    t, y = t[np.isfinite(y)], y[np.isfinite(y)]
     if len(t) < 3:
         return {"a": math.nan, "b": math.nan, "r2": math.nan, "rmse": math.nan}
-
-    def solve(b: float) -> tuple[float, float]:
-        x = 1.0 / (b + t)
-        a = float(np.dot(x, y) / np.dot(x, x))
-        return a, float(np.sum((y - a * x) ** 2))
-
-    grid = np.geomspace(1e-3, 1e4 * max(t.max(), 1.0), 240)
-    errors = [solve(b)[1] for b in grid]
-    best = int(np.argmin(errors))
-    low, high = math.log(grid[max(best - 1, 0)]), math.log(grid[min(best + 1, len(grid) - 1)])
-    ratio = (math.sqrt(5) - 1) / 2
-    for _ in range(80):
-        left, right = high - ratio * (high - low), low + ratio * (high - low)
-        if solve(math.exp(left))[1] < solve(math.exp(right))[1]:
-            high = right
-        else:
-            low = left
-    b = math.exp((low + high) / 2)
-    a, sse = solve(b)
+    grid = np.geomspace(1e-3, 1e4 * max(t.max(), 1.0), 400)
+    for _ in range(4):
+        x = 1.0 / (grid[:, None] + t[None, :])  # [grid, N]
+        a = (x @ y) / (x * x).sum(1)
+        errors = ((y - a[:, None] * x) ** 2).sum(1)
+        best = int(np.argmin(errors))
+        b, fitted_a, sse = grid[best], float(a[best]), float(errors[best])
+        grid = np.geomspace(grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)], 400)
     total = float(np.sum((y - y.mean()) ** 2))
-    return {"a": a, "b": b, "r2": 1.0 - sse / total if total > 0 else math.nan, "rmse": math.sqrt(sse / len(t))}
+    return {
+        "a": fitted_a,
+        "b": float(b),
+        "r2": 1.0 - sse / total if total > 0 else math.nan,
+        "rmse": math.sqrt(sse / len(t)),
+    }
 
 
 def summarize_dilution(result: DilutionResult) -> dict[str, Any]:
@@ -222,29 +193,26 @@ def write_csv(result: DilutionResult, path: str | os.PathLike) -> None:
         writer = csv.writer(handle)
         writer.writerow(["position", "layer", "visual_share", "pvm_norm"])
         for step in range(result.shares.shape[1]):
-            for layer in range(result.num_layers):
+            for layer, shares in enumerate(result.shares):
                 norm = result.pvm_norms.get(layer)
-                writer.writerow(
-                    [step + 1, layer, f"{result.shares[layer, step]:.6g}", "" if norm is None else f"{norm[step]:.6g}"]
-                )
+                writer.writerow([step + 1, layer, f"{shares[step]:.6g}", "" if norm is None else f"{norm[step]:.6g}"])
 
 
-def write_outputs(
-    out: Path, result: DilutionResult, compare: DilutionResult | None, settings: dict[str, Any]
-) -> dict[str, Any]:
-    """Write the CSV(s), generations, summary JSON and figure; return the summary."""
-    from evaluation.plotting import plot_dilution
+def write_outputs(out: Path, results: list[DilutionResult], settings: dict[str, Any]) -> dict[str, Any]:
+    """Write `dilution.csv` (and `dilution_compare.csv` for a second model), `generations.jsonl`, `dilution.json`
+    and `dilution.png`; return the summary."""
+    from pvm_qwen3vl.evaluation.plotting import plot_dilution
 
-    write_csv(result, out / "dilution.csv")
-    generations = out / "generations.jsonl"
-    generations.unlink(missing_ok=True)
-    rows = [{"model": result.model, "image": index, "output": text} for index, text in enumerate(result.texts)]
-    summary = {"settings": settings, "model": summarize_dilution(result)}
-    if compare is not None:
-        write_csv(compare, out / "dilution_compare.csv")
-        rows += [{"model": compare.model, "image": index, "output": text} for index, text in enumerate(compare.texts)]
-        summary["compare"] = summarize_dilution(compare)
-    append_jsonl(generations, rows)
-    write_json(out / "dilution.json", summary)
-    plot_dilution(result, compare, summary, out / "dilution.png")
+    summary: dict[str, Any] = {"settings": settings}
+    generations = []
+    for key, result in zip(("model", "compare"), results):
+        write_csv(result, out / ("dilution.csv" if key == "model" else "dilution_compare.csv"))
+        summary[key] = summarize_dilution(result)
+        generations += [
+            {"model": result.model, "image": index, "output": text} for index, text in enumerate(result.texts)
+        ]
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in generations)
+    (out / "generations.jsonl").write_text(lines, encoding="utf-8")
+    (out / "dilution.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    plot_dilution(results, summary, out / "dilution.png")
     return summary

@@ -11,6 +11,7 @@ The paper (MathVerse, 4 groups, shortest to longest): +6.1 %, +7.3 %, +17.0 %, +
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import statistics
@@ -18,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from evaluation.common import prepare_out_dir, read_jsonl, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -93,26 +92,19 @@ def length_groups(base_rows: list[dict], pvm_rows: list[dict], groups: int = 4) 
 def run_length_groups(
     base_path: str | os.PathLike, pvm_path: str | os.PathLike, out_dir: str | os.PathLike, groups: int = 4
 ) -> dict[str, Any]:
-    """Read both prediction files, write `length_groups.json` and `length_groups.png` under `out_dir`."""
-    from evaluation.plotting import plot_length_groups
+    """Read both prediction files (or the bench folders that hold them), write `length_groups.json` and
+    `length_groups.png` under `out_dir`."""
+    from pvm_qwen3vl.evaluation.bench import read_predictions
+    from pvm_qwen3vl.evaluation.plotting import plot_length_groups
 
-    base_path, pvm_path = _predictions_file(base_path), _predictions_file(pvm_path)
-    report = length_groups(read_jsonl(base_path), read_jsonl(pvm_path), groups)
-    report.update(base=str(base_path), pvm=str(pvm_path))
-    out = prepare_out_dir(out_dir)
-    write_json(out / "length_groups.json", report)
+    paths = [Path(path) / "predictions.jsonl" if Path(path).is_dir() else Path(path) for path in (base_path, pvm_path)]
+    report = length_groups(read_predictions(paths[0]), read_predictions(paths[1]), groups)
+    report.update(base=str(paths[0]), pvm=str(paths[1]))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "length_groups.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     plot_length_groups(report, out / "length_groups.png")
     return report
-
-
-def _predictions_file(path: str | os.PathLike) -> Path:
-    """A predictions.jsonl, or a bench output folder that holds one."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "predictions.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no predictions file; give the predictions.jsonl written by `eval bench`.")
-    return path
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ model's `lens_compare.csv` and both curves in the figure.
 from __future__ import annotations
 
 import csv
-import os
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,38 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from evaluation.common import (
-    LoadedModel,
-    decoder_layers,
-    encode_prompts,
-    generate,
-    pvm_layer_indices,
-    teacher_forced_inputs,
-    to_device,
-)
-from evaluation.probes import HiddenStateProbe
-from evaluation.prompts import render_prompt
+from pvm_qwen3vl.checkpoints import LoadedModel
+from pvm_qwen3vl.evaluation.generation import pvm_layer_indices, replayed_batches
+from pvm_qwen3vl.evaluation.probes import HiddenStateProbe
 
 POSITION_CHUNK = 256  # positions per vocabulary projection: bounds memory to POSITION_CHUNK x vocab floats
-
-
-class DatasetItems(Sequence):
-    """(prompt, images) pairs of a dataset, built on access so that only the current batch's images are decoded."""
-
-    def __init__(self, samples, template: str, system: str | None = None):
-        self.samples, self.template, self.system = samples, template, system
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[position] for position in range(*index.indices(len(self)))]
-        sample = self.samples[index]
-        prompt = render_prompt(self.template, sample.question, sample.options, sample.kind, self.system)
-        return prompt, sample.images
 
 
 @dataclass
@@ -63,7 +37,7 @@ class LensResult:
     top1_agreement: list[float]  # per layer, share of tokens whose argmax matches the final one
     tokens: int
     pvm_layers: list[int]
-    final_logits_max_abs_diff: float  # lens(last layer) against the model's own logits: a self-check
+    final_log_probs_max_abs_diff: float  # lens(last layer) against the model's own output: a self-check
 
 
 def measure_lens(
@@ -72,90 +46,62 @@ def measure_lens(
     *,
     max_new_tokens: int,
     batch_size: int = 1,
-    temperature: float = 0.0,
     seed: int = 0,
     progress: bool = True,
 ) -> LensResult:
-    """Generate for each (prompt, images) item, replay, and average KL(P_final || P_layer) over generated tokens."""
+    """Generate greedily for each (prompt, images) item, replay, and average KL(P_final || P_layer) over the
+    generated tokens."""
     model = loaded.model
-    num_layers = len(decoder_layers(model))
-    final_norm = model.model.language_model.norm
-    lm_head = model.get_output_embeddings()
-    kl_sum = np.zeros(num_layers)
-    agree_sum = np.zeros(num_layers)
-    tokens = 0
-    max_diff = 0.0
-    starts = range(0, len(items), batch_size)
-    for start in tqdm(starts, desc=f"lens {Path(loaded.name).name}", unit="batch", disable=not progress):
-        chunk = items[start : start + batch_size]
-        batch = encode_prompts(loaded.processor, [text for text, _ in chunk], [images for _, images in chunk])
-        generation = generate(
-            loaded, batch, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + start, replayable=True
-        )
-        inputs = teacher_forced_inputs(batch, generation)
-        prompt_length, steps = generation.prompt_length, generation.new_tokens.shape[1]
-        query_start = prompt_length - 1
-        with HiddenStateProbe(model, query_start, query_start + steps) as probe, torch.no_grad():
-            output = model(**to_device(inputs, loaded.device), use_cache=False)
-        valid = [min(steps, n + int(done)) for n, done in zip(generation.num_tokens, generation.finished)]
-        with torch.no_grad():
-            for row, count in enumerate(valid):
-                if count == 0:
-                    continue
+    num_layers = len(model.model.language_model.layers)
+    kl_sum, agree_sum = np.zeros(num_layers), np.zeros(num_layers)
+    tokens, max_diff = 0, 0.0
+    replays = replayed_batches(
+        loaded, items, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, desc="lens", progress=progress
+    )
+    for generation, inputs in replays:
+        start = generation.prompt_length - 1
+        with HiddenStateProbe(model, start, start + generation.new_tokens.shape[1]) as probe, torch.no_grad():
+            logits = model(**inputs, use_cache=False).logits
+            for row, count in enumerate(generation.measured_steps):
                 tokens += count
                 for begin in range(0, count, POSITION_CHUNK):
                     end = min(count, begin + POSITION_CHUNK)
-                    final_logits = lm_head(final_norm(probe.hidden[num_layers - 1][row, begin:end]))
-                    reference = output.logits[row, query_start + begin : query_start + end]
-                    max_diff = max(max_diff, float((final_logits.float() - reference.float()).abs().max()))
-                    final_log_probs = torch.log_softmax(final_logits.float(), dim=-1)
-                    final_top1 = final_log_probs.argmax(-1)
-                    final_probs = final_log_probs.exp()
-                    for layer in range(num_layers):
-                        logits = lm_head(final_norm(probe.hidden[layer][row, begin:end])).float()
-                        log_probs = torch.log_softmax(logits, dim=-1)
-                        kl = (final_probs * (final_log_probs - log_probs)).sum(-1).clamp_min(0.0)
-                        kl_sum[layer] += float(kl.sum())
-                        agree_sum[layer] += float((log_probs.argmax(-1) == final_top1).sum())
+                    final = _lens(model, probe.hidden[num_layers - 1][row, begin:end])
+                    reference = torch.log_softmax(logits[row, start + begin : start + end].float(), dim=-1)
+                    max_diff = max(max_diff, float((final - reference).abs().max()))
+                    for layer in range(num_layers):  # one layer at a time: a [positions, vocab] tensor each
+                        log_probs = _lens(model, probe.hidden[layer][row, begin:end])
+                        kl_sum[layer] += float((final.exp() * (final - log_probs)).sum(-1).clamp_min(0.0).sum())
+                        agree_sum[layer] += float((log_probs.argmax(-1) == final.argmax(-1)).sum())
     if tokens == 0:
         raise ValueError("no token was generated; raise --max-new-tokens.")
     return LensResult(
         model=loaded.name,
-        kl=[float(value) for value in kl_sum / tokens],
-        top1_agreement=[float(value) for value in agree_sum / tokens],
+        kl=(kl_sum / tokens).tolist(),
+        top1_agreement=(agree_sum / tokens).tolist(),
         tokens=tokens,
         pvm_layers=pvm_layer_indices(model),
-        final_logits_max_abs_diff=max_diff,
+        final_log_probs_max_abs_diff=max_diff,
     )
 
 
-def write_csv(result: LensResult, path: str | os.PathLike) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["layer", "kl"])
-        for layer, value in enumerate(result.kl):
-            writer.writerow([layer, f"{value:.8g}"])
+def _lens(model, hidden: torch.Tensor) -> torch.Tensor:
+    """log P_layer = log_softmax(lm_head(final_norm(h_l))) for hidden states [N, D]."""
+    return torch.log_softmax(model.get_output_embeddings()(model.model.language_model.norm(hidden)).float(), dim=-1)
 
 
-def write_outputs(out: Path, result: LensResult, compare: LensResult | None, settings: dict[str, Any]) -> dict:
-    from evaluation.common import write_json
-    from evaluation.plotting import plot_lens
+def write_outputs(out: Path, results: list[LensResult], settings: dict[str, Any]) -> dict:
+    """Write `lens.csv` (and `lens_compare.csv` for a second model), `lens.json` and `lens.png`; return the summary."""
+    from pvm_qwen3vl.evaluation.plotting import plot_lens
 
-    write_csv(result, out / "lens.csv")
-    results = [result]
-    if compare is not None:
-        write_csv(compare, out / "lens_compare.csv")
-        results.append(compare)
-    summary = {"settings": settings, "models": [vars(item) for item in results]}
-    if compare is not None:
-        summary["kl_difference_compare_minus_model"] = [b - a for a, b in zip(result.kl, compare.kl)]
-    write_json(out / "lens.json", summary)
-    names = [item.model for item in results]
-    if len(names) == 2 and names[0] == names[1]:
-        names[1] += " (compare)"
-    plot_lens(
-        {name: item.kl for name, item in zip(names, results)},
-        {name: item.pvm_layers for name, item in zip(names, results)},
-        out / "lens.png",
-    )
+    for name, result in zip(("lens.csv", "lens_compare.csv"), results):
+        with open(out / name, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows(
+                [["layer", "kl"], *([layer, f"{value:.8g}"] for layer, value in enumerate(result.kl))]
+            )
+    summary: dict[str, Any] = {"settings": settings, "models": [vars(item) for item in results]}
+    if len(results) == 2:
+        summary["kl_difference_compare_minus_model"] = [b - a for a, b in zip(results[0].kl, results[1].kl)]
+    (out / "lens.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    plot_lens(results, out / "lens.png")
     return summary

@@ -3,15 +3,15 @@
     lmms-eval --model pvm_qwen3_vl --model_args pretrained=runs/pvm,batch_size=8 \\
         --tasks mmstar,ai2d_lite --gen_kwargs temperature=0.7 --output_path runs/lmms-eval
 
-lmms-eval (an optional dependency: `pip install lmms-eval`) finds the model through the `lmms_eval.models` entry
-point that points at `manifest` in this module. Until that entry point is declared in the project's packaging, run
-the same command as `python -m evaluation.lmms_eval_adapter --model pvm_qwen3_vl ...`, which registers the model
-and hands every argument to lmms-eval's own command line; or call `register()` before `lmms_eval.evaluator`.
+lmms-eval (an optional dependency, best in its own environment: see `tests/test_eval_lmms.py`) finds the model
+through the project's `lmms_eval.models` entry point, `manifest` in this module. `python -m
+pvm_qwen3vl.evaluation.lmms_eval_adapter ...` registers the model and runs lmms-eval's own command line; in Python,
+call `register()` before `lmms_eval.evaluator`.
 
 The model is a "simple" lmms-eval model: `generate_until` receives each request's context, generation settings and
 `doc_to_visual`, puts the document's images before the text in one user turn (lmms-eval's `<image>` / `<image N>`
 placeholders are dropped, as lmms-eval's own Qwen3-VL model does), and generates in left-padded batches with this
-package's `common.generate`. Requests are grouped by identical generation settings and batched by prompt length.
+package's `generation.generate`. Requests are grouped by identical generation settings and batched by prompt length.
 Log-likelihood requests and videos are not supported (lmms-eval's Qwen3-VL model does not support the former
 either). It runs in one process on one device.
 
@@ -66,9 +66,9 @@ class PVMQwen3VL(lmms):
                 f"pvm_qwen3_vl: unknown model_args {sorted(unexpected)}; known: pretrained, device, dtype, batch_size, "
                 "attn_implementation, max_new_tokens, system_prompt."
             )
-        from evaluation.common import load_model
+        from pvm_qwen3vl.checkpoints import load_for_inference
 
-        self.loaded = load_model(pretrained, device, dtype, attn_implementation)
+        self.loaded = load_for_inference(pretrained, device, dtype, attn_implementation)
         self.batch_size_per_gpu = int(batch_size)
         self.default_max_new_tokens = int(max_new_tokens)
         self.system_prompt = system_prompt
@@ -98,8 +98,8 @@ class PVMQwen3VL(lmms):
     # -- requests ----------------------------------------------------------------------------------------------------
 
     def generate_until(self, requests: Sequence[Instance]) -> list[str]:
-        from evaluation.common import encode_prompts, generate
-        from evaluation.prompts import Prompt
+        from pvm_qwen3vl.evaluation.generation import encode_prompts, generate
+        from pvm_qwen3vl.prompts import Prompt
 
         results: list[str | None] = [None] * len(requests)
         groups: dict[str, list[int]] = {}
@@ -172,7 +172,7 @@ def manifest():
     """The payload of the `lmms_eval.models` entry point: model id -> this class."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return ModelManifest(model_id=MODEL_NAME, simple_class_path="evaluation.lmms_eval_adapter.PVMQwen3VL")
+    return ModelManifest(model_id=MODEL_NAME, simple_class_path="pvm_qwen3vl.evaluation.lmms_eval_adapter.PVMQwen3VL")
 
 
 def register() -> None:

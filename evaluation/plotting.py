@@ -22,12 +22,11 @@ def _label(name: str) -> str:
     return Path(str(name).rstrip("/")).name or str(name)
 
 
-def plot_dilution(result, compare, summary: dict[str, Any], path: str | os.PathLike) -> None:
+def plot_dilution(results: list, summary: dict[str, Any], path: str | os.PathLike) -> None:
     """Ω_V(t) on log-log axes with its a/(b+t) fit (both models when compared), a layer x position heatmap per model,
     and the PVM injection norms when a model has PVM layers."""
     plt = _pyplot()
-    results = [result] + ([compare] if compare is not None else [])
-    fits = [summary["model"]["fit"]] + ([summary["compare"]["fit"]] if compare is not None else [])
+    fits = [summary[key]["fit"] for key in ("model", "compare")[: len(results)]]
     has_pvm = any(item.pvm_norms for item in results)
     panels = 1 + len(results) + int(has_pvm)
     rows = -(-panels // 2)
@@ -62,7 +61,7 @@ def plot_dilution(result, compare, summary: dict[str, Any], path: str | os.PathL
         axis = axes[1 + index]
         positions = item.positions
         edges_x = np.concatenate([[0.5], positions + 0.5])
-        edges_y = np.arange(item.num_layers + 1) - 0.5
+        edges_y = np.arange(len(item.shares) + 1) - 0.5
         mesh = axis.pcolormesh(edges_x, edges_y, item.shares, shading="flat", cmap="viridis")
         axis.set_xscale("log")
         axis.set_xlabel("generated position t")
@@ -88,14 +87,14 @@ def plot_dilution(result, compare, summary: dict[str, Any], path: str | os.PathL
     plt.close(fig)
 
 
-def plot_lens(curves: dict[str, list[float]], pvm_layers: dict[str, list[int]], path: str | os.PathLike) -> None:
+def plot_lens(results: list, path: str | os.PathLike) -> None:
     """KL(P_final || P_layer) by layer for each model, with PVM layers marked (dotted)."""
     plt = _pyplot()
     fig, axis = plt.subplots(figsize=(6.4, 4.2))
-    for index, (name, kl) in enumerate(curves.items()):
-        layers = np.arange(len(kl))
-        axis.plot(layers, kl, marker="o", ms=3, color=f"C{index}", label=_label(name))
-        for layer in pvm_layers.get(name, []):
+    for index, result in enumerate(results):
+        label = _label(result.model) + (" (compare)" if index and result.model == results[0].model else "")
+        axis.plot(np.arange(len(result.kl)), result.kl, marker="o", ms=3, color=f"C{index}", label=label)
+        for layer in result.pvm_layers:
             axis.axvline(layer, color=f"C{index}", ls=":", lw=0.8)
     axis.set_ylim(bottom=0)
     axis.set_xlabel("layer")

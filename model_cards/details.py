@@ -1,47 +1,34 @@
 """The PVM facts a model card states: the configuration, the parameters added and the gate values.
 
-From a folder they are read from `config.json` and the safetensors headers, without loading the weights (only the
-few gate scalars are read). PyTorch `.bin` checkpoints are counted on the meta device. From a live model (the
-training callback) they are read from its parameters, ZeRO-3 partitioned ones included.
+With a model in memory (the training hook) they come from `model.pvm_parameters()` and `model.pvm_gates()`. From a
+folder they come from the safetensors files, read with `safe_open` without loading the weights (only the gate
+scalars are read); a folder of PyTorch `.bin` weights is counted on the meta device.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from configuration_pvm_qwen3vl import PVMQwen3VLConfig
 
-GATE_PATTERN = re.compile(r"layers\.(\d+)\.pvm\.gate$")
-SAFETENSORS_INDEX = "model.safetensors.index.json"
+GATE = re.compile(r"layers\.(\d+)\.pvm\.gate$")
 
 
 @dataclass(frozen=True)
 class PVMDetails:
-    """What the card says about the PVM branch of one checkpoint."""
+    """The checkpoint's PVM configuration, its parameter counts and its gates (None when they cannot be read)."""
 
-    layers: tuple[int, ...]
-    num_layers: int
-    hidden_size: int
-    latent: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    mlp_width: int
-    memory_source: str
-    visual_attention: str
-    silence_visual_tokens: bool
-    variant: str
+    config: PVMQwen3VLConfig
     pvm_parameters: int
     total_parameters: int
     gates: dict[int, float] | None
-    dtype: str | None
 
     @property
     def base_parameters(self) -> int:
@@ -52,157 +39,76 @@ class PVMDetails:
         """PVM parameters as a fraction of the backbone's (how the paper reports it: ~0.32% at 8B)."""
         return self.pvm_parameters / self.base_parameters if self.base_parameters else 0.0
 
+    @property
+    def mlp_width(self) -> int:
+        if self.config.pvm_variant == "mlp":
+            from modeling_pvm_qwen3vl import iso_parameter_mlp_width
 
-def _mlp_width(config: PVMQwen3VLConfig) -> int:
-    if config.pvm_variant == "mlp":
-        from modeling_pvm_qwen3vl import iso_parameter_mlp_width
+            return iso_parameter_mlp_width(self.config)
+        return self.config.pvm_intermediate_size
 
-        return iso_parameter_mlp_width(config)
-    return config.pvm_intermediate_size
-
-
-def _details(config: PVMQwen3VLConfig, pvm: int, total: int, gates: dict[int, float] | None) -> PVMDetails:
-    text = config.text_config
-    dtype = getattr(config, "dtype", None) or getattr(text, "dtype", None)
-    return PVMDetails(
-        layers=tuple(config.pvm_layers),
-        num_layers=text.num_hidden_layers,
-        hidden_size=text.hidden_size,
-        latent=config.pvm_hidden_size,
-        heads=config.pvm_num_heads,
-        kv_heads=config.pvm_num_key_value_heads,
-        head_dim=text.head_dim,
-        mlp_width=_mlp_width(config),
-        memory_source=config.pvm_memory_source,
-        visual_attention=config.pvm_visual_attention,
-        silence_visual_tokens=bool(config.pvm_silence_visual_tokens),
-        variant=config.pvm_variant,
-        pvm_parameters=pvm,
-        total_parameters=total,
-        gates=gates,
-        dtype=str(dtype).replace("torch.", "") if dtype else None,
-    )
+    @property
+    def dtype(self) -> str | None:
+        dtype = getattr(self.config, "dtype", None) or getattr(self.config.text_config, "dtype", None)
+        return str(dtype).replace("torch.", "") if dtype else None
 
 
-def load_pvm_config(folder: str | Path) -> PVMQwen3VLConfig:
-    """The folder's PVM config; a `ValueError` that says what to do if the folder is not a PVM checkpoint."""
-    folder = Path(folder)
+def _numel(param: torch.Tensor) -> int:
+    return int(getattr(param, "ds_numel", 0) or param.numel())  # ZeRO-3 partitions: ds_numel is the full size
+
+
+def details_from_model(model) -> PVMDetails:
+    """The details of a live PVM model (also inside a PEFT wrapper, and with ZeRO-3 partitioned parameters). FSDP2
+    gates (DTensors) are not read: that is a collective, and a card is written on one rank."""
+    sharded = any(hasattr(param, "full_tensor") for name, param in model.pvm_parameters() if name.endswith(".gate"))
     try:
-        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError) as error:
-        raise ValueError(f"Cannot read {folder / 'config.json'}: {error}") from error
-    if model_type != PVMQwen3VLConfig.model_type:
-        raise ValueError(
-            f"{folder} is a {model_type!r} checkpoint, not a PVM one (model_type {PVMQwen3VLConfig.model_type!r}). "
-            "Convert a Qwen3-VL checkpoint first: `pvm-qwen3vl convert BASE OUT`."
-        )
-    return PVMQwen3VLConfig.from_pretrained(folder)
+        gates = None if sharded else model.pvm_gates()
+    except (IndexError, RuntimeError):  # partitioned (empty) or meta gates: nothing to read
+        gates = None
+    pvm = sum(_numel(param) for _, param in model.pvm_parameters())
+    return PVMDetails(model.config, pvm, sum(_numel(param) for param in model.parameters()), gates)
 
 
-def safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file: tensor name -> {dtype, shape, data_offsets} (plus `__metadata__`)."""
-    with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        return json.loads(handle.read(length))
-
-
-def safetensors_files(folder: Path) -> list[Path]:
-    """The weight files of a safetensors checkpoint (the shards named by the index, or `model.safetensors`)."""
-    index = folder / SAFETENSORS_INDEX
+def details_from_folder(config: PVMQwen3VLConfig, folder: str | Path) -> PVMDetails:
+    """The details of the checkpoint in `folder`, whose config is `config`."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return [folder / name for name in sorted(set(weight_map.values()))]
-    single = folder / "model.safetensors"
-    return [single] if single.is_file() else []
+        files = sorted(
+            {folder / name for name in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()}
+        )
+    else:
+        files = [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
+    if not files:
+        from modeling_pvm_qwen3vl import PVMQwen3VLForConditionalGeneration
 
-
-def _numel(shape: list[int]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
-
-
-def _count_from_safetensors(files: list[Path]) -> tuple[int, int, dict[int, float]]:
-    from safetensors import safe_open
-
+        with torch.device("meta"):
+            return details_from_model(PVMQwen3VLForConditionalGeneration(config))
     pvm = total = 0
     gates = {}
     for file in files:
-        header = safetensors_header(file)
-        gate_names = []
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            count = _numel(info["shape"])
-            total += count
-            if ".pvm." in name:
-                pvm += count
-                if GATE_PATTERN.search(name):
-                    gate_names.append(name)
-        if gate_names:
-            with safe_open(file, framework="pt") as handle:
-                for name in gate_names:
-                    layer = int(GATE_PATTERN.search(name).group(1))
-                    gates[layer] = float(handle.get_tensor(name).float().reshape(-1)[0])
-    return pvm, total, gates
+        with safe_open(file, framework="pt") as weights:
+            for name in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
+                count = math.prod(weights.get_slice(name).get_shape())
+                total += count
+                if ".pvm." in name:
+                    pvm += count
+                    if match := GATE.search(name):
+                        gates[int(match.group(1))] = float(weights.get_tensor(name).float().reshape(-1)[0])
+    return PVMDetails(config, pvm, total, dict(sorted(gates.items())))
 
 
-def details_from_folder(folder: str | Path) -> PVMDetails:
-    """PVM details of a checkpoint folder, without loading its weights."""
-    folder = Path(folder)
-    config = load_pvm_config(folder)
-    files = safetensors_files(folder)
-    if files:
-        pvm, total, gates = _count_from_safetensors(files)
-        return _details(config, pvm, total, dict(sorted(gates.items())))
-    from modeling_pvm_qwen3vl import PVMQwen3VLForConditionalGeneration
-
-    with torch.device("meta"):
-        model = PVMQwen3VLForConditionalGeneration(config)
-    return details_from_model(model, config, read_gates=False)
-
-
-def _param_numel(param: torch.nn.Parameter) -> int:
-    return int(getattr(param, "ds_numel", param.numel()))  # ZeRO-3 partitions parameters: ds_numel is the full size
-
-
-def details_from_model(
-    model: torch.nn.Module, config: PVMQwen3VLConfig | None = None, read_gates: bool = True
-) -> PVMDetails:
-    """PVM details of a live model (unwrapped from DDP/DeepSpeed by the caller)."""
-    config = config or model.config
-    pvm = total = 0
-    gates = {}
-    for name, param in model.named_parameters():
-        count = _param_numel(param)
-        total += count
-        if ".pvm." in name:
-            pvm += count
-            match = GATE_PATTERN.search(name)
-            if read_gates and match and param.numel() > 0 and param.device.type != "meta":
-                gates[int(match.group(1))] = float(param.detach().float().reshape(-1)[0])
-    complete = read_gates and len(gates) == len(config.pvm_layers)
-    return _details(config, pvm, total, dict(sorted(gates.items())) if complete else None)
-
-
-def trained_parameters(model: torch.nn.Module) -> str | None:
-    """Which parameter groups a live model trains (`requires_grad`), e.g. "PVM branches (184,803); the rest frozen"."""
+def trained_parameters(model) -> str | None:
+    """Which parameter groups a live model trains, e.g. "PVM branches (184,803); the rest frozen"."""
+    pvm = {id(param) for _, param in model.pvm_parameters()}
     groups = {"PVM branches": 0, "LoRA adapters": 0, "language model": 0, "vision encoder and merger": 0}
     frozen = 0
     for name, param in model.named_parameters():
-        count = _param_numel(param)
         if not param.requires_grad:
-            frozen += count
-        elif "lora_" in name:
-            groups["LoRA adapters"] += count
-        elif ".pvm." in name:
-            groups["PVM branches"] += count
-        elif ".visual." in f".{name}":
-            groups["vision encoder and merger"] += count
-        else:
-            groups["language model"] += count
+            frozen += _numel(param)
+            continue
+        group = "LoRA adapters" if "lora_" in name else "PVM branches" if id(param) in pvm else None
+        group = group or ("vision encoder and merger" if ".visual." in f".{name}" else "language model")
+        groups[group] += _numel(param)
     parts = [f"{label} ({count:,})" for label, count in groups.items() if count]
-    if not parts:
-        return None
-    return " + ".join(parts) + ("; the rest frozen" if frozen else "")
+    return " + ".join(parts) + ("; the rest frozen" if frozen else "") if parts else None

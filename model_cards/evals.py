@@ -1,20 +1,13 @@
 """Read evaluation summaries (`pvm-qwen3vl eval bench` writes `summary.json`) for the model card and `model-index`.
 
-Accepted shapes, from a file, a folder of `summary.json` files or Python objects:
+Accepted, from a file, a folder of `summary.json` files or Python objects: one summary (`{"accuracy": 0.712, "n": 500,
+"run_accuracies": [...], "dataset": "mmstar", "settings": {...}}`), a list of them (what `eval bench --benchmark a,b`
+writes), a mapping of benchmark name to summary, or any of these under a `"benchmarks"` or `"results"` key.
 
-- one summary: `{"accuracy": 0.712, "n": 500, "runs": [...], "benchmark": "MMStar", "dataset": "Lin-Chen/MMStar"}`;
-- a list of summaries;
-- a mapping of benchmark name to summary: `{"MMStar": {...}, "AI2D": {...}}`;
-- any of these under a `"benchmarks"` or `"results"` key.
-
-`eval bench` writes `{"accuracy", "n", "runs": 4, "run_accuracies": [...], "dataset", "title", "settings": {...},
-"complete": true, ...}`, and with `--benchmark` a list of those in the output folder's `summary.json`.
-
-Leniency: the name is taken from `title`, `benchmark`, `name`, `task`, `dataset` or the mapping key (else the file
-name); the per-run accuracies from `run_accuracies`, `runs`, `per_run`, `per_run_accuracy`, `per_run_accuracies` or
-`accuracies` (numbers, or records with an `accuracy`); settings from the top level or a `settings` object. A
-benchmark name known to `evaluation.benchmarks` (e.g. `mmmu_dev`) supplies its Hub dataset id, split and title.
-Strictness: every summary needs a finite `accuracy` between 0 and 1, and one marked `"complete": false` is refused.
+The benchmark's name comes from `title`, `benchmark`, `name` or `dataset` (else the mapping key or the file's folder).
+The card is public: a local path there (`eval bench --data runs/data/eval.jsonl`) gives only its stem (`eval`). A name
+known to `pvm_qwen3vl.evaluation.benchmarks` (e.g. `mmstar`) supplies its title, Hub dataset id, subset and split.
+Every summary needs an `accuracy` between 0 and 1; one marked `"complete": false` is refused.
 """
 
 from __future__ import annotations
@@ -27,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-NAME_KEYS = ("title", "benchmark", "name", "task", "dataset")
-RUN_KEYS = ("run_accuracies", "runs", "per_run", "per_run_accuracy", "per_run_accuracies", "accuracies")
-SETTING_KEYS = ("temperature", "top_p", "max_new_tokens", "runs", "num_runs", "seed", "prompt_template", "harness")
-CONTAINER_KEYS = ("benchmarks", "results")
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+NAME_KEYS = ("title", "benchmark", "name", "dataset")
+SETTING_KEYS = ("temperature", "top_p", "max_new_tokens", "runs", "seed", "prompt_template", "harness")
+DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".arrow", ".txt")
 SUMMARY_FILE = "summary.json"
 
 
@@ -42,7 +36,7 @@ class BenchmarkResult:
     accuracy: float
     n: int | None = None
     runs: tuple[float, ...] = ()
-    dataset: str | None = None
+    dataset: str | None = None  # a Hub dataset id, or None
     split: str | None = None
     config: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
@@ -52,113 +46,78 @@ class BenchmarkResult:
         """Standard deviation over the runs (None for fewer than two runs)."""
         return statistics.stdev(self.runs) if len(self.runs) > 1 else None
 
-    @property
-    def dataset_id(self) -> str:
-        """The Hub dataset id when the summary names one (`owner/name`), else the benchmark name."""
-        return self.dataset if is_hub_dataset_id(self.dataset) else self.name
 
-
-def is_hub_dataset_id(value: Any) -> bool:
-    """Whether `value` looks like a Hub dataset id (`owner/name`) rather than a local path or a bare name."""
-    if not isinstance(value, str) or value.count("/") != 1 or value.startswith((".", "/", "~")):
+def is_hub_id(value: Any) -> bool:
+    """Whether `value` looks like a Hub repository id (`owner/name`) rather than a local path or a bare name."""
+    if not isinstance(value, str) or value.count("/") != 1 or value.lower().endswith(DATA_SUFFIXES):
+        return False
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
         return False
     return not Path(value).exists()
 
 
-def _known_benchmark(*names: Any) -> Any:
-    """The `evaluation.benchmarks` entry for one of `names` (e.g. "mmmu_dev"), if that package knows it."""
-    try:
-        from evaluation.benchmarks import BENCHMARKS
-    except Exception:  # noqa: BLE001 - optional: the evaluation package may be absent or mid-change
+def _public_name(value: Any) -> str | None:
+    """`value` as a name fit for a public card: a local path becomes its stem."""
+    if not isinstance(value, str) or not value.strip():
         return None
-    for name in names:
-        if isinstance(name, str):
-            known = BENCHMARKS.get(name.strip().lower().replace("-", "_"))
-            if known is not None:
-                return known
-    return None
+    looks_local = "/" in value or "\\" in value or value.lower().endswith(DATA_SUFFIXES)
+    return Path(value).stem if looks_local and not is_hub_id(value) else value
 
 
-def _number(value: Any, what: str) -> float:
+def _known_benchmark(*names: Any) -> Any:
+    """The `pvm_qwen3vl.evaluation.benchmarks` entry for one of `names` (e.g. "mmmu_dev"), if it knows one."""
+    try:
+        from pvm_qwen3vl.evaluation.benchmarks import BENCHMARKS
+    except ImportError:  # the evaluation package is optional here
+        return None
+    keys = [name.strip().lower().replace("-", "_") for name in names if isinstance(name, str)]
+    return next((BENCHMARKS[key] for key in keys if key in BENCHMARKS), None)
+
+
+def _fraction(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a number, got {value!r}.")
+        raise ValueError(f"{where}: accuracy must be a number, got {value!r}.")
+    if not 0.0 <= value <= 1.0:
+        hint = " It looks like a percentage; summaries store accuracy as a fraction in [0, 1]." if value <= 100 else ""
+        raise ValueError(f"{where}: accuracy {value} is outside [0, 1].{hint}")
     return float(value)
-
-
-def _accuracy(value: Any, where: str) -> float:
-    accuracy = _number(value, f"{where}: accuracy")
-    if not 0.0 <= accuracy <= 1.0:
-        hint = (
-            " It looks like a percentage; summaries store accuracy as a fraction in [0, 1]." if accuracy <= 100 else ""
-        )
-        raise ValueError(f"{where}: accuracy {accuracy} is outside [0, 1].{hint}")
-    return accuracy
-
-
-def _runs(summary: Mapping[str, Any], where: str) -> tuple[float, ...]:
-    for key in RUN_KEYS:
-        runs = summary.get(key)
-        if runs is None or (key == "runs" and isinstance(runs, int)):  # `runs` may be the number of runs
-            continue
-        if isinstance(runs, Mapping):
-            runs = list(runs.values())
-        if not isinstance(runs, list | tuple):
-            raise ValueError(f"{where}: {key!r} must be a list of per-run accuracies, got {type(runs).__name__}.")
-        values = []
-        for index, run in enumerate(runs):
-            if isinstance(run, Mapping):
-                if "accuracy" not in run:
-                    raise ValueError(f"{where}: run {index} of {key!r} has no 'accuracy' (keys: {sorted(run)}).")
-                run = run["accuracy"]
-            values.append(_accuracy(run, f"{where}, run {index}"))
-        return tuple(values)
-    return ()
-
-
-def _settings(summary: Mapping[str, Any]) -> dict[str, Any]:
-    nested = summary.get("settings") if isinstance(summary.get("settings"), Mapping) else {}
-    merged = {**nested, **summary}
-    return {key: merged[key] for key in SETTING_KEYS if isinstance(merged.get(key), str | int | float)}
 
 
 def _one(summary: Mapping[str, Any], default_name: str | None, where: str) -> BenchmarkResult:
     known = _known_benchmark(summary.get("benchmark"), summary.get("dataset"), summary.get("name"))
-    name = next((str(summary[key]) for key in NAME_KEYS if summary.get(key)), None) or default_name
-    if known is not None and not summary.get("title"):
-        name = known.title
+    name = next(filter(None, (_public_name(summary.get(key)) for key in NAME_KEYS)), None) or default_name
+    name = known.title if known is not None and not summary.get("title") else name
     if "accuracy" not in summary:
         raise ValueError(
-            f"{where}: the summary{f' of {name!r}' if name else ''} has no 'accuracy' (keys: {sorted(summary)}). "
-            "Pass the summary.json that `pvm-qwen3vl eval bench` writes, or add 'accuracy' (0-1)."
+            f"{where}: the summary of {name!r} has no 'accuracy' (keys: {sorted(summary)}). Pass the summary.json "
+            "that `pvm-qwen3vl eval bench` writes, or add 'accuracy' (0-1)."
         )
-    if not name:
-        raise ValueError(f"{where}: the summary does not name its benchmark; add a 'benchmark' field.")
     if summary.get("complete") is False:
         raise ValueError(
             f"{where}: the evaluation of {name!r} is incomplete ('complete': false), so its accuracy covers only part "
             "of the samples. Finish it (rerun `eval bench` with the same output folder: it resumes) and pass the new "
             "summary."
         )
-    n = summary.get("n", summary.get("num_samples"))
-    if n is not None:
-        n = int(_number(n, f"{where}: n"))
-    dataset = summary.get("dataset")
+    runs = summary.get("run_accuracies", summary.get("runs", summary.get("per_run")))
+    runs = runs if isinstance(runs, list) else []  # `runs` may be the number of runs
     spec = getattr(known, "dataset", None)
-    if spec is not None and is_hub_dataset_id(dataset) and dataset != getattr(spec, "source", None):
-        spec = None  # a different dataset under a known name: the registry does not describe it
-    if not is_hub_dataset_id(dataset) and is_hub_dataset_id(getattr(spec, "source", None)):
-        dataset = spec.source
-    split = summary.get("split") or getattr(spec, "split", None)
-    config = summary.get("subset") or summary.get("config") or getattr(spec, "subset", None)
+    dataset = summary.get("dataset") if is_hub_id(summary.get("dataset")) else getattr(spec, "source", None)
+    spec = spec if spec is not None and dataset == spec.source else None  # a known name on another dataset
+    settings = {**(summary.get("settings") or {}), **summary}
     return BenchmarkResult(
         name=name,
-        accuracy=_accuracy(summary["accuracy"], f"{where} ({name})"),
-        n=n,
-        runs=_runs(summary, f"{where} ({name})"),
-        dataset=str(dataset) if dataset else None,
-        split=str(split) if split else None,
-        config=str(config) if isinstance(config, str) and config else None,
-        settings=_settings(summary),
+        accuracy=_fraction(summary["accuracy"], f"{where} ({name})"),
+        n=summary.get("n"),
+        runs=tuple(
+            _fraction(run.get("accuracy") if isinstance(run, Mapping) else run, f"{where} ({name}) run {i}")
+            for i, run in enumerate(runs)
+        ),  # fmt: skip
+        dataset=dataset if is_hub_id(dataset) else None,
+        split=summary.get("split") or getattr(spec, "split", None),
+        config=summary.get("subset") or summary.get("config") or getattr(spec, "subset", None),
+        settings={key: settings[key] for key in SETTING_KEYS if isinstance(settings.get(key), str | int | float)},
     )
 
 
@@ -166,28 +125,22 @@ def parse_eval_summary(
     data: Any, default_name: str | None = None, where: str = "eval summary"
 ) -> list[BenchmarkResult]:
     """The benchmark results in one loaded summary object (see the module docstring for the shapes)."""
-    if isinstance(data, Mapping):
-        if "accuracy" in data:
-            return [_one(data, default_name, where)]
-        for key in CONTAINER_KEYS:
-            if key in data and isinstance(data[key], Mapping | list):
-                return parse_eval_summary(data[key], default_name, f"{where}[{key!r}]")
-        if data and all(isinstance(value, Mapping) for value in data.values()):
-            results = []
-            for name, summary in data.items():
-                results.extend(parse_eval_summary(summary, str(name), f"{where}[{name!r}]"))
-            return results
-        raise ValueError(
-            f"{where}: not an evaluation summary: no 'accuracy' and no benchmark entries (keys: {sorted(data)})."
-        )
-    if isinstance(data, list):
-        results = []
-        for index, summary in enumerate(data):
-            if not isinstance(summary, Mapping):
-                raise ValueError(f"{where}[{index}]: expected a summary object, got {type(summary).__name__}.")
-            results.extend(parse_eval_summary(summary, default_name, f"{where}[{index}]"))
-        return results
-    raise ValueError(f"{where}: expected a JSON object or list, got {type(data).__name__}.")
+    if isinstance(data, Mapping) and "accuracy" in data:
+        return [_one(data, default_name, where)]
+    if isinstance(data, Mapping) and (key := next((k for k in ("benchmarks", "results") if k in data), None)):
+        return parse_eval_summary(data[key], default_name, f"{where}[{key!r}]")
+    if isinstance(data, Mapping) and data and all(isinstance(value, Mapping) for value in data.values()):
+        return [
+            result
+            for name, item in data.items()
+            for result in parse_eval_summary(item, str(name), f"{where}[{name!r}]")
+        ]
+    if isinstance(data, list) and all(isinstance(item, Mapping) for item in data):
+        return [
+            result for i, item in enumerate(data) for result in parse_eval_summary(item, default_name, f"{where}[{i}]")
+        ]
+    keys = f" (keys: {sorted(data)})" if isinstance(data, Mapping) else f" (a {type(data).__name__})"
+    raise ValueError(f"{where}: not an evaluation summary: no 'accuracy' and no benchmark entries{keys}.")
 
 
 def _load_file(path: Path) -> list[BenchmarkResult]:
@@ -195,47 +148,39 @@ def _load_file(path: Path) -> list[BenchmarkResult]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
-    default_name = path.parent.name if path.name == SUMMARY_FILE else path.stem
-    return parse_eval_summary(data, default_name, str(path))
+    return parse_eval_summary(data, path.parent.name if path.name == SUMMARY_FILE else path.stem, str(path))
 
 
-def load_eval_results(sources: Any) -> list[BenchmarkResult]:
+def _load(source: Any) -> list[BenchmarkResult]:
+    if isinstance(source, BenchmarkResult):
+        return [source]
+    if isinstance(source, Mapping):
+        return parse_eval_summary(source)
+    if not isinstance(source, str | Path):
+        items = list(source)
+        if all(isinstance(item, Mapping) for item in items):
+            return parse_eval_summary(items)
+        return [result for item in items for result in _load(item)]
+    path = Path(source)
+    if path.is_file():
+        return _load_file(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Evaluation summary {path} does not exist.")
+    # `eval bench --benchmark a,b` writes one summary.json per benchmark and a combined one on top.
+    files = [path / SUMMARY_FILE] if (path / SUMMARY_FILE).is_file() else sorted(path.rglob(SUMMARY_FILE))
+    if not files:
+        raise FileNotFoundError(f"{path} is a folder without any {SUMMARY_FILE}; pass the summary file itself.")
+    return [result for file in files for result in _load_file(file)]
+
+
+def load_eval_results(sources: str | Path | Mapping | Iterable | None) -> list[BenchmarkResult]:
     """Benchmark results from any mix of paths (JSON files, folders searched for summary.json) and loaded objects.
 
-    `None` gives no results. Raises `ValueError` for a malformed summary or a benchmark given twice, and
+    `None` gives none. Raises `ValueError` for a malformed summary or a benchmark given twice, and
     `FileNotFoundError` for a missing path or a folder without summary.json.
     """
-    if sources is None:
-        return []
-    if isinstance(sources, BenchmarkResult):
-        results = [sources]
-    elif isinstance(sources, str | Path):
-        path = Path(sources)
-        if path.is_dir():
-            # `eval bench --benchmark` writes one summary.json per benchmark and, for several, a combined one on top.
-            files = [path / SUMMARY_FILE] if (path / SUMMARY_FILE).is_file() else sorted(path.rglob(SUMMARY_FILE))
-            if not files:
-                raise FileNotFoundError(
-                    f"{path} is a folder without any {SUMMARY_FILE}; pass the summary file itself."
-                )
-            results = [result for file in files for result in _load_file(file)]
-        elif path.is_file():
-            results = _load_file(path)
-        else:
-            raise FileNotFoundError(f"Evaluation summary {path} does not exist.")
-    elif isinstance(sources, Mapping):
-        results = parse_eval_summary(sources)
-    elif isinstance(sources, Iterable):
-        items = list(sources)
-        if items and all(isinstance(item, Mapping) for item in items):
-            results = parse_eval_summary(items)
-        else:
-            results = [result for item in items for result in load_eval_results(item)]
-    else:
-        raise ValueError(f"Unsupported evaluation summary {sources!r}: pass a path, a dict or a list.")
-    seen: dict[str, BenchmarkResult] = {}
-    for result in results:
-        if result.name in seen:
-            raise ValueError(f"Benchmark {result.name!r} appears twice in the evaluation summaries; keep one.")
-        seen[result.name] = result
+    results = [] if sources is None else _load(sources)
+    names = [result.name for result in results]
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        raise ValueError(f"Benchmark {twice[0]!r} appears twice in the evaluation summaries; keep one.")
     return results

@@ -84,7 +84,8 @@ def pretrain_base(base_dir: Path, data_jsonl: Path, out_dir: Path, *, steps: int
     from transformers import AutoProcessor, GenerationConfig, Qwen3VLForConditionalGeneration
     from trl import SFTConfig, SFTTrainer
 
-    from training.data import load_source, prepare_dataset
+    from pvm_qwen3vl.data import load_source
+    from pvm_qwen3vl.training.data import prepare_dataset
 
     dataset = prepare_dataset(load_source(str(data_jsonl)), "sft", prompt_template="structured_reasoning")
     model = Qwen3VLForConditionalGeneration.from_pretrained(base_dir, dtype=torch.float32)
@@ -118,9 +119,9 @@ def pretrain_base(base_dir: Path, data_jsonl: Path, out_dir: Path, *, steps: int
 
 
 def train_stage(stage: str, recipe: str, model: Path, data: Path, out_dir: Path, steps: int, seed: int) -> dict:
-    """Run `training.sft` / `training.grpo` with a recipe and quickstart overrides; return their metrics."""
-    from training import grpo, sft
-    from training.runner import parse_args
+    """Run `pvm_qwen3vl.training.sft` / `pvm_qwen3vl.training.grpo` with a recipe and quickstart overrides; return their metrics."""
+    from pvm_qwen3vl.training import grpo, sft
+    from pvm_qwen3vl.training.runner import parse_args
 
     argv = [
         "--config", recipe,
@@ -131,6 +132,7 @@ def train_stage(stage: str, recipe: str, model: Path, data: Path, out_dir: Path,
         "--save_strategy", "no",
         "--seed", str(seed),
         "--disable_tqdm", "true",
+        "--overwrite_output_dir", "true",
     ]  # fmt: skip
     if stage == "sft":
         argv += ["--num_train_epochs", "1", "--learning_rate", "2e-3"]
@@ -150,7 +152,7 @@ def run_cli(argv: list[str]) -> None:
 
 def evaluate(model: Path, eval_jsonl: Path, out_dir: Path, plan: QuickstartPlan, seed: int) -> dict:
     """Greedy `eval bench` on the eval split: short questions and long describe items (a longer token budget)."""
-    from training.synthetic import read_split
+    from pvm_qwen3vl.training.synthetic import read_split
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_split(eval_jsonl)
@@ -181,7 +183,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 def score(predictions: dict[str, Path], eval_jsonl: Path) -> dict:
     """Accuracy overall and per question type; for describe items, object recall overall and per output quarter."""
-    from training.synthetic import describe_position_hits, describe_recall, read_split
+    from pvm_qwen3vl.training.synthetic import describe_position_hits, describe_recall, read_split
 
     rows = {row["id"]: row for row in read_split(eval_jsonl)}
     correct, total = defaultdict(int), defaultdict(int)
@@ -227,10 +229,10 @@ def quickstart(out: str | Path, *, base: str | None = None, fast: bool = False, 
     """Run every stage and return (and write to `OUT/summary.json`) the summary."""
     import torch
 
-    from model_cards.export import export_folder
     from pvm_qwen3vl.convert import convert
+    from pvm_qwen3vl.model_cards.export import export_folder
     from pvm_qwen3vl.tiny import build_tiny_base
-    from training.synthetic import build_synthetic_splits
+    from pvm_qwen3vl.training.synthetic import build_synthetic_splits
 
     torch.manual_seed(seed)
     if base is None:
@@ -251,7 +253,7 @@ def quickstart(out: str | Path, *, base: str | None = None, fast: bool = False, 
         base_dir = stages.run("pretrain base", pretrain_base, base_dir, splits["sft"], out / "base", steps=plan.pretrain_steps, seed=seed)
     else:
         base_dir = base
-    report = stages.run("convert", convert, base_dir, out / "pvm-init")
+    report = stages.run("convert", convert, base_dir, out / "pvm-init", overwrite=True)
     sft_metrics = stages.run("SFT (PVM only)", train_stage, "sft", sft_recipe, out / "pvm-init", splits["sft"], out / "pvm-sft", plan.sft_steps, seed)
     grpo_metrics = stages.run("GRPO (LLM + PVM)", train_stage, "grpo", grpo_recipe, out / "pvm-sft", splits["grpo"], out / "pvm-grpo", plan.grpo_steps, seed)
     base_predictions = stages.run("eval base", evaluate, Path(base_dir), splits["eval"], out / "eval" / "base", plan, seed)

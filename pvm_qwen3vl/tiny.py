@@ -1,7 +1,7 @@
 """The embedded default base model: a tiny random Qwen3-VL with a real `Qwen3VLProcessor`, built fully offline.
 
 Used by tests, CI and the demo. Everything is derived from the tokenizer files shipped in
-``pvm_qwen3vl/assets/tiny_tokenizer`` (regenerate them with ``python -m pvm_qwen3vl.assets.make_tiny_tokenizer``).
+``pvm_qwen3vl/assets/tiny_tokenizer`` (regenerate them with ``python scripts/make_tiny_tokenizer.py``).
 
 Visual token budget (patch 8, merge 2, so one merged visual token covers 16x16 pixels): images are resized to
 between 64x64 and 128x128 pixels worth of area, i.e. 16 to 64 merged tokens per image (64x64 -> 16, 128x128 -> 64).
@@ -137,7 +137,15 @@ def tiny_base_config(**overrides: Any) -> Qwen3VLConfig:
         "num_position_embeddings": 16 * 16,  # a square grid with one entry per patch of a 128x128 image
         "deepstack_visual_indexes": [0, 1],
     }
-    text_config.update(overrides.pop("text_config", {}))
+    text_overrides = overrides.pop("text_config", {})
+    text_config.update(text_overrides)
+    if "head_dim" in text_overrides and "rope_parameters" not in text_overrides:
+        # Keep M-RoPE exactly interleavable for the new head size: [n/2, n/4, n/4] of its n = head_dim/2 frequencies.
+        quarter = text_config["head_dim"] // 8
+        text_config["rope_parameters"] = {
+            **text_config["rope_parameters"],
+            "mrope_section": [text_config["head_dim"] // 2 - 2 * quarter, quarter, quarter],
+        }
     vision_config.update(overrides.pop("vision_config", {}))
     config = {
         "text_config": text_config,
@@ -162,16 +170,19 @@ def tiny_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConf
     )
 
 
-def build_tiny_base(out_dir: str | Path, seed: int = 0, attn_implementation: str = "sdpa") -> Path:
+def build_tiny_base(
+    out_dir: str | Path, seed: int = 0, attn_implementation: str = "sdpa", head_dim: int = 16
+) -> Path:
     """Write a randomly initialized tiny Qwen3-VL, its processor and generation config into `out_dir`.
 
     The weights depend only on `seed` (the same seed gives the same safetensors bytes; the global torch RNG state is
     left as it was). `attn_implementation` is the attention used to instantiate the model; it is not saved, loaders
-    pick their own. Returns `out_dir`.
+    pick their own. `head_dim` is the text attention's head size (vLLM's CPU attention needs 32 or more).
+    Returns `out_dir`.
     """
     out_dir = Path(out_dir)
     processor = build_tiny_processor()
-    config = tiny_base_config()
+    config = tiny_base_config(text_config={"head_dim": head_dim}) if head_dim != 16 else tiny_base_config()
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG state
         torch.manual_seed(seed)
         model = Qwen3VLForConditionalGeneration._from_config(config, attn_implementation=attn_implementation)
@@ -180,3 +191,4 @@ def build_tiny_base(out_dir: str | Path, seed: int = 0, attn_implementation: str
     processor.save_pretrained(out_dir)
     logger.info("Saved the tiny Qwen3-VL base (%d parameters, seed %d) to %s", model.num_parameters(), seed, out_dir)
     return out_dir
+

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -21,6 +23,16 @@ from pvm_qwen3vl.tiny import build_tiny_base
 # The tiny models' matmuls are too small to split across threads: one thread is fastest, and stays fast when
 # other processes share the cores (spinning OpenMP threads then stall each other).
 torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(name: str):
+    """A developer script of `scripts/` (not installed with the package), imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

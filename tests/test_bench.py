@@ -11,8 +11,10 @@ import torch
 from transformers import StaticCache
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRMSNorm
 
-from evaluation.bench import cost_model, main, register
-from evaluation.throughput_setup import (
+from modeling_pvm_qwen3vl import PVMRMSNorm, pvm_block_parameter_count
+from pvm_qwen3vl.benchmarks.cli import PRESET_NAMES, main, register
+from pvm_qwen3vl.benchmarks.models import (
+    PRESETS,
     build_inputs,
     build_models,
     get_preset,
@@ -20,8 +22,8 @@ from evaluation.throughput_setup import (
     pvm_decoder_layers,
     recompute_memory_kv,
 )
-from evaluation.throughput_timing import Generation, Variant
-from modeling_pvm_qwen3vl import PVMRMSNorm, pvm_block_parameter_count
+from pvm_qwen3vl.benchmarks.throughput import cost_model
+from pvm_qwen3vl.benchmarks.timing import StepwiseGeneration, Variant
 
 VARIANTS = ("base", "pvm", "pvm_recompute")
 SUMMARY_KEYS = {"raw", "median", "min", "max"}
@@ -103,6 +105,10 @@ def test_cost_model_counts_the_papers_parameters(name, parameters):
         assert 0.002 < model["ratios"]["bytes"] < 0.004
 
 
+def test_the_command_line_offers_every_preset():
+    assert set(PRESET_NAMES) == {*PRESETS, "custom"}
+
+
 def test_register_adds_the_bench_command():
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
@@ -136,7 +142,7 @@ def test_static_cache_decoding_matches_the_dynamic_cache():
     for model in (pair.base, pair.pvm):
         logits = []
         for cache in (None, StaticCache(config=model.config, max_cache_len=preset.prompt_tokens + 4)):
-            generation = Generation(Variant(model, static_cache=cache), inputs)
+            generation = StepwiseGeneration(Variant(model, static_cache=cache), inputs)
             with torch.inference_mode():
                 generation.prefill()
                 steps = []
@@ -148,7 +154,7 @@ def test_static_cache_decoding_matches_the_dynamic_cache():
 
 
 def test_before_after_comparison_runs_on_the_smoke_preset(tmp_path):
-    from evaluation.throughput_compare import main as compare_main
+    from pvm_qwen3vl.benchmarks.compare import main as compare_main
 
     out = tmp_path / "before-after.json"
     assert compare_main(["--preset", "smoke", "--batch-sizes", "1", "--reps", "1", "--out", str(out)]) == 0

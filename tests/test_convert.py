@@ -18,6 +18,7 @@ from transformers import LlamaConfig
 from pvm_qwen3vl.cli import main
 
 EXPECTED_FILES = {
+    "README.md",
     "config.json",
     "generation_config.json",
     "model.safetensors",
@@ -120,3 +121,35 @@ def test_convert_reports_invalid_pvm_options(tiny_base, tmp_path, capsys):
     assert "pvm_layers: layer 9 is out of range" in capsys.readouterr().err
     assert main(["convert", tiny_base, str(tmp_path / "out"), "--latent", "40"]) == 2
     assert "pvm_hidden_size: 40 is not a positive multiple of the backbone's head_dim (16)" in capsys.readouterr().err
+
+
+def test_convert_never_writes_over_a_folder_that_holds_files(converted, tiny_base, tmp_path, capsys):
+    """A trained model in OUT would be silently replaced by a fresh PVM (gates at 0): refused unless --overwrite."""
+    out = tmp_path / "trained"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"weights of a trained model")
+    assert main(["convert", tiny_base, str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "is not empty" in error and "--overwrite" in error
+    assert (out / "model.safetensors").read_bytes() == b"weights of a trained model"
+    assert main(["convert", tiny_base, str(out), "--overwrite"]) == 0
+    assert set(path.name for path in out.iterdir()) == EXPECTED_FILES
+
+
+def test_converting_a_pvm_checkpoint_again_says_so(converted, tmp_path, capsys):
+    assert main(["convert", str(converted), str(tmp_path / "again")]) == 2
+    assert "is already a PVM checkpoint: there is nothing to convert" in capsys.readouterr().err
+
+
+def test_a_missing_local_base_fails_at_once(tmp_path, capsys):
+    assert main(["convert", str(tmp_path / "no-such-model"), str(tmp_path / "out")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_converted_files_are_readable_by_all(converted):
+    """`save_pretrained` writes its weights 0600; a checkpoint folder is meant to be shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {path.name: path.stat().st_mode & 0o777 for path in converted.iterdir()} == {
+        name: 0o666 & ~umask for name in EXPECTED_FILES
+    }

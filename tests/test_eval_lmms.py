@@ -22,15 +22,16 @@ pytest.importorskip(
 
 from lmms_eval.api.instance import Instance  # noqa: E402
 
-from evaluation.common import encode_prompts, generate  # noqa: E402
-from evaluation.lmms_eval_adapter import MODEL_NAME, PVMQwen3VL, register  # noqa: E402
 from pvm_qwen3vl.convert import convert  # noqa: E402
+from pvm_qwen3vl.evaluation.generation import encode_prompts, generate  # noqa: E402
+from pvm_qwen3vl.evaluation.lmms_eval_adapter import MODEL_NAME, PVMQwen3VL, register  # noqa: E402
+from pvm_qwen3vl.options import PVMArguments  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def pvm_dir(tiny_base, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("tiny-pvm-lmms")
-    convert(tiny_base, out, pvm_gate_init=0.5)
+    convert(tiny_base, out, PVMArguments(pvm_gate_init=0.5))
     return str(out)
 
 

@@ -18,16 +18,17 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
+import httpx2  # huggingface_hub's HTTP client
 import pytest
 from conftest import load_pvm
 from huggingface_hub import HfApi, constants
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 from transformers import AutoProcessor
 
-from model_cards import push as push_module
-from model_cards.export import export_folder
-from model_cards.push import HubPushError, push_folder
 from pvm_qwen3vl.cli import main as cli_main
+from pvm_qwen3vl.model_cards import push as push_module
+from pvm_qwen3vl.model_cards.export import export_folder
+from pvm_qwen3vl.model_cards.push import HubPushError, push_folder
 
 REPO_ID = "pvm-user/pvm-tiny"
 TOKEN = "hf_fake"
@@ -81,15 +82,14 @@ def test_push_builds_the_upload_folder_call(export_dir, tmp_path, online, record
     names = [name for name, _, _ in recorded_api]
     assert names == ["repo_exists", "create_repo", "create_branch", "upload_folder"]
     _, args, kwargs = recorded_api[1]
-    assert args == (REPO_ID,) and kwargs == {"repo_type": "model", "private": True, "exist_ok": True}
+    assert args == (REPO_ID,) and kwargs == {"private": True, "exist_ok": True}
     _, args, kwargs = recorded_api[2]
-    assert args == (REPO_ID,) and kwargs == {"branch": "pvm-v1", "repo_type": "model", "exist_ok": True}
+    assert args == (REPO_ID,) and kwargs == {"branch": "pvm-v1", "exist_ok": True}
     _, args, kwargs = recorded_api[3]
     assert args == ()
     assert kwargs == {
         "repo_id": REPO_ID,
         "folder_path": str(folder),
-        "repo_type": "model",
         "revision": "pvm-v1",
         "commit_message": "tiny PVM",
         "delete_patterns": "*",
@@ -116,20 +116,22 @@ def test_push_to_main_keeps_remote_files_on_request(export_dir, tmp_path, online
 def test_push_without_token_fails_clearly(export_dir, online, monkeypatch, recorded_api, capsys):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(push_module, "get_token", lambda: None)
-    with pytest.raises(HubPushError, match="hf auth login") as error:
+    with pytest.raises(LocalTokenNotFoundError, match="hf auth login") as error:
         push_folder(export_dir, REPO_ID)
     assert "HF_TOKEN" in str(error.value) and "Nothing was uploaded" in str(error.value)
     assert recorded_api == []
-    assert cli_main(["push", str(export_dir), REPO_ID]) == 1
+    assert cli_main(["push", str(export_dir), REPO_ID]) == 2  # refused before anything was sent
     err = capsys.readouterr().err
     assert err.startswith("pvm-qwen3vl push: error: No Hugging Face token found")
 
 
-def test_push_offline_fails_clearly(export_dir, monkeypatch, recorded_api):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(HubPushError, match=r"Offline mode is on \(HF_HUB_OFFLINE=1\).*Nothing was uploaded"):
+def test_push_offline_fails_clearly(export_dir, monkeypatch, recorded_api, capsys):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets when huggingface_hub loads
+    with pytest.raises(OfflineModeIsEnabled, match=r"Offline mode is on \(HF_HUB_OFFLINE=1\).*Nothing was uploaded"):
         push_folder(export_dir, REPO_ID, token="hf_test_token")
     assert recorded_api == []
+    assert cli_main(["push", str(export_dir), REPO_ID]) == 2
+    assert "unset it to push" in capsys.readouterr().err
 
 
 def test_push_refuses_a_training_output(export_dir, tmp_path, online, recorded_api):
@@ -139,11 +141,11 @@ def test_push_refuses_a_training_output(export_dir, tmp_path, online, recorded_a
     shutil.copytree(export_dir, folder)
     (folder / "optimizer.pt").write_bytes(b"0")
     (folder / "checkpoint-2").mkdir()
-    with pytest.raises(HubPushError, match="optimizer.pt.*pvm-qwen3vl export") as error:
+    with pytest.raises(ValueError, match="optimizer.pt.*pvm-qwen3vl export") as error:
         push_folder(folder, REPO_ID, token="hf_test_token")
-    assert "checkpoint-2" in str(error.value)
+    assert "checkpoint-2" in str(error.value) and "Nothing was uploaded" in str(error.value)
     assert recorded_api == []
-    with pytest.raises(HubPushError, match="no owner"):
+    with pytest.raises(ValueError, match="no owner"):
         push_folder(export_dir, "pvm-tiny", token="hf_test_token")
 
 
@@ -153,10 +155,22 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_push_with_the_hub_unreachable(export_dir, online):
+def test_push_with_the_hub_unreachable(export_dir, online, monkeypatch, capsys):
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     with pytest.raises(HubPushError, match="could not reach.*Nothing was uploaded"):
         push_folder(export_dir, REPO_ID, token="hf_test_token", endpoint=endpoint)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(push_module, "get_token", lambda: "hf_test_token")
+    assert cli_main(["push", str(export_dir), REPO_ID]) == 1  # the upload itself failed
+    assert "could not reach" in capsys.readouterr().err
+
+
+def test_push_help_states_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["push", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Exit status: 0 done; 2 input refused" in text and "1 the Hub refused or could not be reached" in text
 
 
 def test_push_failing_during_upload_says_nothing_was_committed(export_dir, online, monkeypatch, recorded_api):
@@ -171,10 +185,13 @@ def test_push_failing_during_upload_says_nothing_was_committed(export_dir, onlin
     assert "branch 'dev' exists" in message and "either unchanged or all updated" in message
 
     def reject(self, **kwargs):
-        raise HfHubHTTPError("413 Payload Too Large", response=None)
+        response = httpx2.Response(
+            413, request=httpx2.Request("POST", f"https://huggingface.co/api/models/{REPO_ID}/commit/main")
+        )
+        raise HfHubHTTPError("413 Payload Too Large", response=response, server_message="Payload Too Large")
 
     monkeypatch.setattr(HfApi, "upload_folder", reject)
-    with pytest.raises(HubPushError, match="no commit was made"):
+    with pytest.raises(HubPushError, match="answered 413: Payload Too Large.*no commit was made"):
         push_folder(export_dir, REPO_ID, token="hf_test_token")
 
 
@@ -306,7 +323,7 @@ def test_publish_exports_then_pushes(export_dir, tmp_path, online, recorded_api)
     """Training's --push_to_hub path: export the training output, then push the export (never the raw folder)."""
     import shutil
 
-    from model_cards.callback import publish
+    from pvm_qwen3vl.model_cards.callback import publish
 
     run = tmp_path / "run"
     shutil.copytree(export_dir, run)

@@ -79,6 +79,39 @@ def test_visual_tokens_are_silenced(tiny_base, base_model, image_batch):
         assert (delta > 1e-5) == changed
 
 
+def test_set_attn_implementation_round_trip_switches_the_cross_attention(tiny_base, image_batch):
+    """sdpa -> eager -> sdpa switches the text config (the PVM cross-attention reads it) and the logits follow; with eager
+    the cross-attention returns its weights, which sum to 1 over the memory each query may see."""
+    pvm = load_pvm(tiny_base, gates=1.0)
+    text_config = pvm.config.text_config
+    assert text_config._attn_implementation == "sdpa"
+    sdpa = logits(pvm, image_batch)
+    seen = []
+    cross_attention = pvm_layers(pvm)[0].pvm.cross_attn
+    handle = cross_attention.register_forward_hook(lambda module, args, output: seen.append((args[3], output[1])))
+    try:
+        pvm.set_attn_implementation("eager")
+        assert text_config._attn_implementation == "eager"
+        assert pvm.config.vision_config._attn_implementation == "eager"
+        eager = logits(pvm, image_batch)
+        pvm.set_attn_implementation("sdpa")
+        assert text_config._attn_implementation == "sdpa"
+        assert torch.equal(logits(pvm, image_batch), sdpa)
+    finally:
+        handle.remove()
+    real = image_batch["attention_mask"].bool()  # padding positions hold backend-specific values
+    assert (eager - sdpa)[real].abs().max().item() <= 1e-5
+
+    (mask, weights), (_, sdpa_weights) = seen
+    assert sdpa_weights is None
+    assert weights.shape == (2, pvm.config.pvm_num_heads, *mask.shape[2:])  # [B, H, Tq, M]
+    visible = (mask == 0).expand_as(weights)  # causal prefill: each text query sees the visual tokens before it
+    reads = visible.any(-1)  # queries before the image see nothing (the layer zeroes their term)
+    assert reads.any() and not reads.all()
+    assert (weights.sum(-1)[reads] - 1).abs().max().item() <= 1e-5
+    assert (weights * ~visible)[reads].abs().max().item() == 0.0
+
+
 def test_eager_and_sdpa_agree(tiny_base, image_batch):
     outputs = []
     for implementation in ("eager", "sdpa"):
@@ -129,6 +162,32 @@ def test_generation_keeps_memory_in_the_cache_and_not_on_modules(tiny_base, imag
     assert before.keys() == after.keys()
     for name in before:
         assert before[name].keys() == after[name].keys(), f"{name} gained attributes during generate"
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("variant", ["cross_attention", "mlp"])
+def test_cache_layer_accounting(tiny_base, image_batch, cache, variant):
+    """The cache holds the decoder layers' keys/values, then one memory slot per PVM layer (none for the mlp variant);
+    the slots say so (`is_pvm_memory`), `pvm_cache_slots()` names them, and the text length is read as usual."""
+    pvm = load_pvm(tiny_base, gates=1.0, pvm_variant=variant)
+    kwargs = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+    if cache == "static":
+        kwargs["cache_implementation"] = "static"
+    out = pvm.generate(**image_batch, **kwargs)
+    past = out.past_key_values
+    num_layers = pvm.config.text_config.num_hidden_layers
+    memory_slots = [index for index, layer in enumerate(past.layers) if getattr(layer, "is_pvm_memory", False)]
+    if variant == "mlp":
+        assert len(past) == len(past.layers) == num_layers
+        assert memory_slots == [] and pvm.pvm_cache_slots() == {}
+    else:
+        assert len(past) == len(past.layers) == num_layers + len(pvm.config.pvm_layers)
+        assert memory_slots == list(range(num_layers, len(past.layers)))
+        assert pvm.pvm_cache_slots() == dict(zip(sorted(pvm.config.pvm_layers), memory_slots))
+        visual_tokens = int((image_batch["input_ids"] == pvm.config.image_token_id).sum(1).max())
+        assert all(past.layers[slot].get_seq_length() == visual_tokens for slot in memory_slots)
+    assert not any(getattr(layer, "is_pvm_memory", False) for layer in past.layers[:num_layers])
+    assert past.get_seq_length() == out.sequences.shape[1] - 1  # prompt + generated tokens, less the last one
 
 
 def test_beam_search_with_cache_equals_without(tiny_base, image_batch):
@@ -220,16 +279,37 @@ def test_gates_get_gradients_at_init_and_every_pvm_weight_once_open(tiny_base, i
         assert param.grad is not None and param.grad.abs().max() > 0, f"{name} got no gradient"
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_base, image_batch):
+@pytest.mark.parametrize("vision", ["frozen", "trainable"])
+@pytest.mark.parametrize(
+    "pvm_kwargs",
+    [{}, {"pvm_memory_source": "hidden_states"}, {"pvm_variant": "mlp"}],
+    ids=["visual_embeddings", "hidden_states", "mlp"],
+)
+def test_activation_checkpointing_reentrant_or_not_gives_the_same_gradients(
+    tiny_base, image_batch, pvm_kwargs, vision
+):
+    """Every parameter's gradient is the same without checkpointing, with it, and with reentrant checkpointing (which
+    tracks only positional tensors: the visual memory, carrying the vision tower's graph, must reach each layer as
+    one, or backward runs through the vision graph once per PVM layer)."""
     labels = image_batch["input_ids"].masked_fill(image_batch["attention_mask"] == 0, -100)
-    grads = []
-    for checkpointing in (False, True):
-        pvm = load_pvm(tiny_base, gates=0.5).train()
-        if checkpointing:
-            pvm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    grads = {}
+    for mode in ("off", "non-reentrant", "reentrant"):
+        pvm = load_pvm(tiny_base, gates=0.5, **pvm_kwargs).train()
+        if vision == "frozen":
+            pvm.model.visual.requires_grad_(False)
+        if mode != "off":
+            pvm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": mode == "reentrant"})
+            assert all(layer.gradient_checkpointing for layer in pvm_layers(pvm))
         pvm(**image_batch, labels=labels, use_cache=False).loss.backward()
-        grads.append(torch.cat([p.grad.flatten() for _, p in pvm.pvm_parameters()]))
-    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+        grads[mode] = {name: param.grad for name, param in pvm.named_parameters() if param.grad is not None}
+    reference = grads["off"]
+    visual = [name for name in reference if name.startswith("model.visual.")]
+    assert bool(visual) == (vision == "trainable")
+    assert all(reference[name].abs().max() > 0 for name, _ in pvm.pvm_parameters())
+    for mode in ("non-reentrant", "reentrant"):
+        assert grads[mode].keys() == reference.keys(), mode
+        for name, grad in reference.items():
+            assert (grads[mode][name] - grad).abs().max().item() <= 1e-6, f"{mode}: {name}"
 
 
 def test_output_hidden_states(tiny_base, image_batch):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.synthetic import (
+from pvm_qwen3vl.training.synthetic import (
     BACKGROUND,
     CELL,
     COLOURS,

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
@@ -18,7 +19,6 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
-from pvm_qwen3vl.assets.make_tiny_tokenizer import ADDED_TOKENS, write_tokenizer_files
 from pvm_qwen3vl.tiny import (
     TINY_TOKENIZER_DIR,
     build_tiny_base,
@@ -28,6 +28,8 @@ from pvm_qwen3vl.tiny import (
 )
 
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
+make_tiny_tokenizer = load_script("make_tiny_tokenizer")
+ADDED_TOKENS, write_tokenizer_files = make_tiny_tokenizer.ADDED_TOKENS, make_tiny_tokenizer.write_tokenizer_files
 
 
 @pytest.fixture(scope="module")

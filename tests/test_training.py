@@ -9,7 +9,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,12 +18,14 @@ from conftest import chat, random_image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, set_seed
 
+from pvm_qwen3vl.checkpoints import load_pvm_model, resolve_model_path
 from pvm_qwen3vl.cli import main as cli_main
-from training import grpo, sft
-from training.callbacks import PVMMonitorCallback
-from training.data import DataValidationError
-from training.model import load_lora_pvm, load_model, merge_lora_pvm, pvm_state, resolve_model_path
-from training.runner import BatchPlan, check_global_batch, parse_args
+from pvm_qwen3vl.data import DataValidationError
+from pvm_qwen3vl.training import grpo, sft
+from pvm_qwen3vl.training.callbacks import PVMMonitorCallback
+from pvm_qwen3vl.training.model import load_lora_pvm, merge_lora_pvm, pvm_state
+from pvm_qwen3vl.training.plan import BatchPlan
+from pvm_qwen3vl.training.runner import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "training" / "recipes"
@@ -109,7 +110,6 @@ def assert_self_contained(folder: Path, weights: str = "model.safetensors") -> N
 def sft_run(tmp_path_factory, pvm_home):
     """The tiny SFT recipe as shipped (embedded tiny base, converted on the fly), for 3 steps."""
     out = tmp_path_factory.mktemp("sft") / "out"
-    start = time.perf_counter()
     metrics = run(
         "sft",
         "--config",
@@ -121,8 +121,7 @@ def sft_run(tmp_path_factory, pvm_home):
         "--model_card_hook",
         "test_training.record_model_card",
     )
-    seconds = time.perf_counter() - start
-    return SimpleNamespace(out=out, metrics=metrics, seconds=seconds, base=Path(resolve_model_path("embedded:tiny")))
+    return SimpleNamespace(out=out, metrics=metrics, base=Path(resolve_model_path("embedded:tiny")))
 
 
 def test_tiny_sft_trains_only_pvm(sft_run):
@@ -133,7 +132,7 @@ def test_tiny_sft_trains_only_pvm(sft_run):
     for key, tensor in base.items():  # vision tower, merger and LLM: bit-identical to the input checkpoint
         assert torch.equal(trained[key], tensor), f"{key} changed"
     set_seed(42)  # the recipe's seed: the same fresh PVM weights as the on-the-fly conversion of the run
-    initial = dict(load_model(str(sft_run.base))[0].named_parameters())
+    initial = dict(load_pvm_model(str(sft_run.base))[0].named_parameters())
     unchanged = [key for key in parts["pvm"] if torch.equal(trained[key], initial[key])]
     assert unchanged == [], f"PVM tensors that did not train: {unchanged}"
     gates = [trained[key].item() for key in parts["pvm"] if key.endswith(".pvm.gate")]
@@ -152,7 +151,7 @@ def test_tiny_sft_loss_steps_and_monitoring(sft_run):
         gate = saved[f"model.language_model.layers.{layer}.pvm.gate"].item()
         assert steps[-1][f"pvm/layer_{layer}/gate"] == pytest.approx(gate, abs=1e-7)
     assert steps[-1]["pvm/layer_3/output_norm"] > 0  # the gates were open during step 3
-    assert sft_run.metrics["steps"] == 3 and sft_run.seconds < 60
+    assert sft_run.metrics["steps"] == 3 and len(sft_run.metrics["step_seconds"]) == 3
 
 
 def test_tiny_sft_checkpoints_are_self_contained(sft_run):
@@ -233,11 +232,9 @@ def test_conversion_options_are_those_of_convert(tiny_base, sft_run):
 
 def test_tiny_grpo_from_sft_output_trains_llm_and_pvm(sft_run, tmp_path):
     out = tmp_path / "grpo"
-    start = time.perf_counter()
     metrics = run(
         "grpo", "--config", TINY_GRPO, "--model_name_or_path", sft_run.out, "--max_steps", 2, "--output_dir", out
     )
-    assert time.perf_counter() - start < 60
     before = load_file(sft_run.out / "model.safetensors")
     after = load_file(out / "model.safetensors")
     parts = groups(after)
@@ -296,7 +293,7 @@ def test_lora_pvm_adapter_saves_reloads_and_merges(tiny_base, processor, tmp_pat
     for key, value in saved_pvm.items():
         assert torch.equal(reloaded[key], value), key
     set_seed(42)
-    fresh = dict(load_model(tiny_base)[0].named_parameters())
+    fresh = dict(load_pvm_model(tiny_base)[0].named_parameters())
     assert all(not torch.equal(value, fresh[key]) for key, value in saved_pvm.items())  # PVM trained fully
 
     batch = image_batch(processor)
@@ -345,7 +342,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_base, t
         "--nproc_per_node",
         "2",
         "-m",
-        "training.sft",
+        "pvm_qwen3vl.training.sft",
         *common,
         "--per_device_train_batch_size",
         "1",
@@ -408,7 +405,7 @@ def test_bad_data_stops_before_any_training_step(tiny_base, tmp_path, monkeypatc
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the data was validated")
 
-    monkeypatch.setattr("training.runner.load_model", no_model)
+    monkeypatch.setattr("pvm_qwen3vl.training.runner.load_pvm_model", no_model)
     with pytest.raises(DataValidationError) as error:
         run(
             "sft", "--config", TINY_SFT, "--model_name_or_path", tiny_base, "--dataset_name", data, "--output_dir", out
@@ -417,7 +414,7 @@ def test_bad_data_stops_before_any_training_step(tiny_base, tmp_path, monkeypatc
     assert not out.exists() or not any(out.iterdir())
     monkeypatch.undo()
 
-    caplog.set_level("WARNING", logger="training")
+    caplog.set_level("WARNING", logger="pvm_qwen3vl")
     metrics = run(
         "sft",
         "--config",
@@ -513,7 +510,7 @@ def test_paper_grpo_recipe_plan(size):
     assert plan["learning_rate"] == 1e-6 and plan["lr_scheduler_type"] == "constant" and plan["warmup_steps"] == 0
     assert (plan["num_generations"], plan["max_completion_length"], plan["temperature"]) == (8, 16384, 1.0)
     assert plan["beta"] == 0.0 and plan["mask_truncated_completions"] is True
-    assert plan["reward_funcs"] == ["format_reward", "accuracy_reward"]
+    assert plan["reward_funcs"] == ["format_reward", "accuracy_reward"] and plan["reward_weights"] == [0.1, 0.9]
     assert plan["bf16"] and plan["activation_checkpointing"] and plan["pvm_layers"] == layers
     expected = ["language_model", "pvm"] if tied else ["language_model", "lm_head", "pvm"]
     assert plan["trainable"] == "pvm+llm" and plan["trainable_groups"] == expected
@@ -523,9 +520,9 @@ def test_paper_grpo_recipe_plan(size):
 
 
 def test_a_launch_with_another_global_batch_is_refused():
-    check_global_batch(BatchPlan("sft", per_device=1, accumulation=8, processes=8), 64)
+    BatchPlan("sft", per_device=1, accumulation=8, processes=8).check(64)
     with pytest.raises(ValueError, match="pass --gradient_accumulation_steps 16"):
-        check_global_batch(BatchPlan("sft", per_device=1, accumulation=8, processes=4), 64)
+        BatchPlan("sft", per_device=1, accumulation=8, processes=4).check(64)
 
 
 def test_accelerate_configs():
@@ -541,3 +538,45 @@ def test_accelerate_configs():
     assert configs["fsdp2"].fsdp_config["fsdp_version"] == 2
     assert "PVMQwen3VLTextDecoderLayer" in configs["fsdp2"].fsdp_config["fsdp_transformer_layer_cls_to_wrap"]
     assert all(config.num_processes == 8 and config.mixed_precision == "bf16" for config in configs.values())
+
+
+# --- refusals and messages ---------------------------------------------------------------------------------------------
+
+
+def test_a_finished_run_is_never_overwritten(sft_run, tiny_base, capsys):
+    """Training into a finished output_dir would replace its model and mix checkpoints: refused before any work."""
+    before = (sft_run.out / "model.safetensors").read_bytes()
+    argv = ["train", "sft", "--config", TINY_SFT, "--model_name_or_path", tiny_base, "--output_dir", str(sft_run.out)]
+    assert cli_main(argv) == 2
+    error = capsys.readouterr().err
+    assert "already holds a run" in error and "--resume_from_checkpoint true" in error and "--overwrite_output_dir" in error
+    assert (sft_run.out / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model_name_or_path", "x"], "pass a recipe with --config RECIPE.yaml"),
+        (["--config", TINY_SFT, "--trainable", "everything"], "argument --trainable: invalid choice: 'everything'"),
+        (["--config", "training/recipes/tiny/nope.yaml"], "no such recipe"),
+        (["--config", TINY_SFT, "--model_name_or_path", "runs/deep/no-such-model", "--dry_run"], "does not exist"),
+    ],
+)
+def test_bad_training_arguments_get_one_line_errors(argv, message, capsys):
+    assert cli_main(["train", "sft", *argv]) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.splitlines()) <= 3
+
+
+def test_a_typo_in_a_recipe_key_gets_a_suggestion(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(Path(TINY_SFT).read_text().replace("learning_rate:", "learnin_rate:"))
+    assert cli_main(["train", "sft", "--config", str(recipe)]) == 2
+    assert "unknown option(s) 'learnin_rate' (did you mean 'learning_rate'?)" in capsys.readouterr().err
+
+
+def test_train_help_lists_the_recipe_and_this_projects_options(capsys):
+    assert cli_main(["train", "grpo", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--config RECIPE.yaml" in text and "--trainable" in text and "--pvm_layers" in text
+    assert "--reward_funcs" in text and "--help-all" in text and "--per_device_train_batch_size" not in text

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import random_image
 from datasets import Dataset
 
-from training.data import (
-    PROMPT_TEMPLATES,
-    DataValidationError,
-    as_source,
-    get_prompt_template,
-    load_source,
-    prepare_dataset,
-)
-from training.rewards import accuracy_reward, format_reward
+from pvm_qwen3vl.data import DataValidationError, Source, load_source
+from pvm_qwen3vl.prompts import PROMPT_TEMPLATES, get_prompt_template
+from pvm_qwen3vl.training.data import load_training_dataset, prepare_dataset
+from pvm_qwen3vl.training.rewards import accuracy_reward, format_reward
 
 TINY_DATA = Path(__file__).resolve().parent.parent / "training" / "data" / "tiny"
 
@@ -33,6 +29,11 @@ def image_dir(tmp_path) -> Path:
     full = folder / "img0.png"
     (folder / "truncated.png").write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
     return folder
+
+
+def as_source(rows) -> Source:
+    """In-memory rows (a list or a `Dataset`), image paths relative to the working directory."""
+    return Source(rows, "the dataset", None)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -69,8 +70,8 @@ def test_bundled_tiny_jsonl_maps_to_conversational_prompt_completion():
     assert row["completion"] == [{"role": "assistant", "content": row["completion"][0]["content"]}]
     assert len(row["images"]) == 1 and row["images"][0].size == (96, 64)  # decoded lazily, from the relative path
     # the SFT targets are exactly what the GRPO rewards ask for
-    assert format_reward([row["completion"]]) == [0.1]
-    assert accuracy_reward([row["completion"]], solution=["B"], options=[["circle", "square", "triangle"]]) == [0.9]
+    assert format_reward([row["completion"]]) == [1.0]
+    assert accuracy_reward([row["completion"]], solution=["B"], options=[["circle", "square", "triangle"]]) == [1.0]
 
 
 def test_grpo_rows_carry_solution_and_options_for_the_rewards():
@@ -104,10 +105,33 @@ def test_image_root_and_hub_errors(tmp_path, image_dir):
     with pytest.raises(DataValidationError, match="set --image_root"):
         prepare_dataset(load_source(str(rows)), "grpo")
     assert len(prepare_dataset(load_source(str(rows)), "grpo", image_root=str(image_dir))) == 1
-    with pytest.raises(ValueError, match="Hub dataset id"):
+    with pytest.raises(OSError, match="cannot load it as a Hub dataset"):
         load_source("no-such-org/no-such-dataset")  # offline in tests: a clear error, not a traceback from datasets
+    script_args = SimpleNamespace(dataset_name=str(rows), dataset_streaming=True)
     with pytest.raises(ValueError, match="streaming is not supported"):
-        load_source(str(rows), streaming=True)
+        load_training_dataset(script_args, "grpo")
+
+
+def test_json_inputs_are_parsed_strictly(tmp_path, image_dir):
+    """A broken line, even the last one (an interrupted write), is an error that names it; nothing is dropped."""
+    good = json.dumps({"image": str(image_dir / "img0.png"), "question": "Q?", "answer": "A"})
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text(good + "\n" + good[:20])
+    with pytest.raises(ValueError, match=r"cut.jsonl, line 2: not valid JSON \(the file may have been cut short\)"):
+        load_source(str(cut))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="empty.jsonl: the dataset has no rows"):
+        load_source(str(empty))
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [{**json.loads(good), "id": 1}, {**json.loads(good), "image": [str(image_dir / "img1.png")], "answer": 3}])
+    assert [row["solution"] for row in prepare_dataset(load_source(str(mixed)), "grpo")] == ["A", "3"]
+
+
+def test_misnamed_image_column_is_named_in_the_error(tmp_path, image_dir):
+    rows = [{"id": "r0", "img": str(image_dir / "img0.png"), "question": "Q?", "answer": "A"}]
+    message = r"row 0, column 'image': no 'image' or 'images' column \(the row has unexpected columns \['img'\]"
+    with pytest.raises(DataValidationError, match=message):
+        prepare_dataset(as_source(rows), "grpo")
 
 
 # --- chat rows ---------------------------------------------------------------------------------------------------------
@@ -184,7 +208,7 @@ def test_bad_rows_name_the_row_and_the_column(tmp_path, image_dir):
     assert "7 of 8 rows" in message and "--skip_bad_rows" in message
     assert "row 1, column 'image': image file not found" in message
     assert "row 2, column 'image': unreadable image" in message
-    assert "row 4, column 'image': no image (the row has unexpected columns ['img'])" in message
+    assert "row 4, column 'image': no 'image' or 'images' column (the row has unexpected columns ['img']: rename them?)" in message
     assert "row 6, column 'answer': 'D' names no option" in message
     assert "row 7, column 'image': remote image" in message
 

@@ -1,13 +1,13 @@
-"""Training recipes for Persistent Visual Memory (PVM) on Qwen3-VL, built on TRL.
+"""Training PVM with TRL (installed as `pvm_qwen3vl.training`).
 
-* ``training.sft``: stage 1, PVM alignment with `trl.SFTTrainer` (only the PVM branch trains by default).
-* ``training.grpo``: stage 2, GRPO refinement with `trl.GRPOTrainer` (language model + PVM by default).
-* ``training.data``: dataset loaders, prompt templates, row mapping and up-front validation.
-* ``training.rewards``: the paper's format (0.1) and accuracy (0.9) rewards, plus shaping rewards for tiny runs.
-* ``training.model``: on-the-fly conversion, the trainable sets (``pvm``, ``pvm+llm``, ``lora+pvm``) and LoRA helpers.
-* ``training.callbacks``: PVM gate / output-norm monitoring and self-contained checkpoints.
-* ``training.synthetic``: deterministic synthetic shapes data whose rows the loaders read as is.
+* ``sft`` / ``grpo``: stage 1 (PVM alignment, `trl.SFTTrainer`) and stage 2 (GRPO refinement, `trl.GRPOTrainer`).
+* ``runner``: what both scripts share: parsing, checks before loading, setup, the run and its checkpoints.
+* ``plan``: the global batch and the `--dry_run` plan. ``configs``: the script arguments.
+* ``data``: validation of every row and its mapping into TRL's conversational format.
+* ``rewards``: the paper's format and accuracy rewards (weighted by the recipe's `reward_weights`), plus shaping.
+* ``model``: the trainable sets (``pvm``, ``pvm+llm``, ``lora+pvm``) and LoRA adapters.
+* ``callbacks``: PVM gate / output-norm monitoring and self-contained checkpoints.
+* ``synthetic``: deterministic synthetic shapes data.
 
 Recipes live in ``training/recipes`` (YAML, one per model and stage) and launcher configs in ``training/accelerate``.
-Run ``pvm-qwen3vl train sft --config training/recipes/tiny/sft_align.yaml`` for a CPU smoke run.
 """

@@ -15,8 +15,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from pvm_qwen3vl.convert import ensure_remote_code
-from training.model import unwrap
+from pvm_qwen3vl.checkpoints import ensure_remote_code
+from pvm_qwen3vl.training.model import unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,8 @@ class PVMMonitorCallback(TrainerCallback):
                 for layer in self._layers
                 if f"pvm/layer_{layer}/output_norm" in values
             )
-            logger.info("step %d | PVM gates {%s} | gated output norms {%s}", state.global_step, gates, norms or "-")
+            norms = f" | gated output norms {{{norms}}}" if norms else ""
+            logger.info("step %d | PVM gates {%s}%s", state.global_step, gates, norms)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.detach()
@@ -154,10 +155,16 @@ def add_pvm_monitor(trainer) -> PVMMonitorCallback:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def complete_checkpoint(folder: str | Path, model, processor=None) -> Path:
+TRAINING_ARGS_FILE = "training_args.json"
+
+
+def complete_checkpoint(folder: str | Path, model, processor=None, training_args=None) -> Path:
     """Make `folder` self-contained: both remote-code files, a config.json with `auto_map` (for a PEFT adapter folder
-    too: the PVM architecture it applies to), the generation config and the processor."""
+    too: the PVM architecture it applies to), the generation config, the processor, and the training arguments as
+    JSON (`training_args.json`, read by the model card)."""
     folder = Path(folder)
+    if training_args is not None:
+        (folder / TRAINING_ARGS_FILE).write_text(training_args.to_json_string(), encoding="utf-8")
     base = unwrap(model)
     config_path = folder / "config.json"
     if not config_path.exists():
@@ -197,7 +204,7 @@ class CompleteCheckpointCallback(TrainerCallback):
             return
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if folder.is_dir():
-            complete_checkpoint(folder, model, processing_class)
+            complete_checkpoint(folder, model, processing_class, args)
             run_model_card_hook(self.model_card_hook, folder, trainer=self.trainer, stage=self.stage)
 
 

@@ -1,20 +1,32 @@
-"""What the SFT and GRPO scripts share: argument parsing, logging, the batch-size check, the dry-run plan, model and
-data setup, and training with self-contained checkpoints."""
+"""What the SFT and GRPO scripts share: argument parsing, checks that run before anything loads, model and data setup,
+and the training run with self-contained checkpoints.
+
+    run(stage, script_args, training_args, model_args, pvm_args, make_trainer)
+
+checks the launch (global batch, output folder, logging integrations), validates every data row, loads the model
+(converting a plain Qwen3-VL checkpoint on the fly), sets the trainable set, trains (resuming if asked), and saves the
+final model with its remote code, processor and PVM model card.
+"""
 
 from __future__ import annotations
 
-import json
+import difflib
 import logging
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
-from training.callbacks import (
+from pvm_qwen3vl.checkpoints import load_processor, load_pvm_model, resolve_model_path
+from pvm_qwen3vl.data import resolve_path
+from pvm_qwen3vl.options import PVMArguments
+from pvm_qwen3vl.training.callbacks import (
     CompleteCheckpointCallback,
     StepTimerCallback,
     StopAfterStepsCallback,
@@ -22,23 +34,22 @@ from training.callbacks import (
     complete_checkpoint,
     run_model_card_hook,
 )
-from training.configs import GRPOScriptArguments, PVMArguments, PVMScriptArguments
-from training.data import PROJECT_ROOT, load_training_dataset
-from training.model import (
-    apply_trainable,
-    build_meta_model,
+from pvm_qwen3vl.training.configs import GRPOScriptArguments, PVMScriptArguments
+from pvm_qwen3vl.training.data import load_training_dataset
+from pvm_qwen3vl.training.distributed import (
+    allow_fsdp_on_cpu,
+    check_engaged,
+    cpu_launch_arguments,
+    describe,
     gate_values,
-    load_model,
-    load_processor,
-    lora_config_for,
-    resolve_model_path,
-    unwrap,
-    verify_trainable,
 )
+from pvm_qwen3vl.training.model import apply_trainable, lora_config_for, verify_trainable
+from pvm_qwen3vl.training.plan import BatchPlan, build_plan, print_plan
 
-logger = logging.getLogger("training")
+logger = logging.getLogger("pvm_qwen3vl.training")
 
 STAGES = ("sft", "grpo")
+RECIPES = "training/recipes/{tiny,qwen3-vl-8b,qwen3-vl-4b}/{sft_align,grpo}.yaml"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -46,20 +57,20 @@ STAGES = ("sft", "grpo")
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def dataclass_types(stage: str) -> tuple:
-    from trl import GRPOConfig, ModelConfig, SFTConfig
-
-    if stage == "sft":
-        return PVMScriptArguments, SFTConfig, ModelConfig, PVMArguments
-    if stage == "grpo":
-        return GRPOScriptArguments, GRPOConfig, ModelConfig, PVMArguments
-    raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-
-
 def make_parser(stage: str):
-    from trl import TrlParser
+    """TRL's parser for (script arguments, SFTConfig/GRPOConfig, ModelConfig, PVMArguments); errors raise ValueError
+    with one line instead of printing the usage of several hundred options."""
+    from trl import GRPOConfig, ModelConfig, SFTConfig, TrlParser
 
-    return TrlParser(dataclass_types(stage), prog=f"pvm-qwen3vl train {stage}")
+    class Parser(TrlParser):
+        def error(self, message):
+            raise ValueError(f"{message} (see `pvm-qwen3vl train {stage} --help`)")
+
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    script = PVMScriptArguments if stage == "sft" else GRPOScriptArguments
+    config = SFTConfig if stage == "sft" else GRPOConfig
+    return Parser((script, config, ModelConfig, PVMArguments), prog=f"pvm-qwen3vl train {stage}")
 
 
 def _flag_value(argv: Sequence[str], flag: str) -> str | None:
@@ -73,22 +84,48 @@ def _flag_value(argv: Sequence[str], flag: str) -> str | None:
     return None
 
 
+def _check_recipe_keys(parser, path: Path) -> None:
+    """Unknown keys in a recipe, each with the nearest option name."""
+    import yaml
+
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: a recipe is a YAML mapping of option: value.")
+    known = {action.dest for action in parser._actions} | {"env"}
+    unknown = [key for key in recipe if key not in known]
+    if unknown:
+        hints = [
+            f"{key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, known, 1)) else "")
+            for key in unknown
+        ]
+        raise ValueError(f"{path}: unknown option(s) {', '.join(hints)}.")
+
+
 def parse_args(stage: str, argv: Sequence[str] | None = None):
     """Parse `--config recipe.yaml` plus command-line overrides into (script, training, model, PVM) arguments.
 
-    A relative `--config` path that does not exist from the working directory is looked up from the project root, so
-    `--config training/recipes/tiny/sft_align.yaml` works from anywhere. A `--dry_run` on a machine without a GPU
-    adds `--use_cpu true`, so that recipes written for bf16 GPUs still build their arguments.
+    A recipe path such as `training/recipes/tiny/sft_align.yaml` is found in the installed package when it is not a
+    file here. A `--dry_run` on a machine without a GPU adds `--use_cpu true`, so that recipes written for bf16 GPUs
+    still build their arguments.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--config" in argv:
-        index = argv.index("--config") + 1
-        if index < len(argv) and not Path(argv[index]).exists() and (PROJECT_ROOT / argv[index]).exists():
-            argv[index] = str(PROJECT_ROOT / argv[index])
+    parser = make_parser(stage)
+    if "--config" not in argv:
+        raise ValueError(f"pass a recipe with --config RECIPE.yaml (e.g. {RECIPES}); every field can be overridden.")
+    index = argv.index("--config") + 1
+    if index == len(argv):
+        raise ValueError("--config needs a path to a YAML recipe.")
+    recipe = resolve_path(argv[index])
+    if not recipe.is_file():
+        raise FileNotFoundError(f"--config {argv[index]}: no such recipe (the shipped ones: {RECIPES}).")
+    argv[index] = str(recipe)
+    _check_recipe_keys(parser, recipe)
     dry_run = (_flag_value(argv, "--dry_run") or "false").lower() in ("true", "1", "yes")
     if dry_run and not torch.cuda.is_available() and _flag_value(argv, "--use_cpu") is None:
         argv += ["--use_cpu", "true"]
-    return make_parser(stage).parse_args_and_config(argv)
+    elif not dry_run:
+        argv = cpu_launch_arguments(argv)  # a DeepSpeed or FSDP launch on a machine without a GPU
+    return parser.parse_args_and_config(argv)
 
 
 def setup_logging(training_args) -> None:
@@ -99,157 +136,59 @@ def setup_logging(training_args) -> None:
             datefmt="%H:%M:%S",
             handlers=[logging.StreamHandler(sys.stdout)],
         )
-    level = logging.INFO if training_args.should_log else logging.WARNING
-    for name in ("training", "pvm_qwen3vl"):
-        logging.getLogger(name).setLevel(level)
+    logging.getLogger("pvm_qwen3vl").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    # TRL and the Trainer call transformers' renamed `gradient_checkpointing_*` methods at every step; nothing to act on
+    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
 
-def resume_arg(training_args):
+# ----------------------------------------------------------------------------------------------------------------------
+# Checks that run before anything loads
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def resume_arg(training_args) -> str | None:
     """`--resume_from_checkpoint`: a checkpoint folder, or true/last for the latest one in `output_dir`."""
     value = training_args.resume_from_checkpoint
-    if value is None or value is False:
+    if value is None or value is False or str(value).lower() in ("false", "none", ""):
         return None
     if value is True or str(value).lower() in ("true", "last", "latest"):
-        return True
+        last = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+        if last is None:
+            raise ValueError(f"--resume_from_checkpoint true: {training_args.output_dir} holds no checkpoint-N folder.")
+        return last
     if not Path(value).is_dir():
         raise ValueError(f"--resume_from_checkpoint {value}: no such checkpoint folder.")
     return str(value)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Batch size
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class BatchPlan:
-    stage: str
-    per_device: int
-    accumulation: int
-    processes: int
-    num_generations: int | None = None
-
-    @property
-    def global_batch(self) -> int:
-        return self.per_device * self.accumulation * self.processes
-
-    def describe(self) -> str:
-        factors = f"{self.per_device} per device x {self.accumulation} accumulation x {self.processes} processes"
-        if self.stage == "grpo":
-            prompts = self.global_batch // self.num_generations
-            return (
-                f"{self.global_batch} completions per optimizer step = {prompts} prompts x group of "
-                f"{self.num_generations} ({factors})"
-            )
-        return f"{self.global_batch} samples per optimizer step = {factors}"
-
-
-def batch_plan(stage: str, script_args, training_args, processes: int | None = None) -> BatchPlan:
-    return BatchPlan(
-        stage=stage,
-        per_device=training_args.per_device_train_batch_size,
-        accumulation=training_args.gradient_accumulation_steps,
-        processes=processes if processes is not None else training_args.world_size,
-        num_generations=getattr(training_args, "num_generations", None),
-    )
-
-
-def check_global_batch(plan: BatchPlan, expected: int | None) -> None:
-    """Stop with a fix if the launch does not give the global batch the recipe was written for."""
-    if expected is None or plan.global_batch == expected:
-        return
-    per_step = plan.per_device * plan.processes
-    fix = (
-        f"pass --gradient_accumulation_steps {expected // per_step}"
-        if expected % per_step == 0
-        else f"choose a per-device batch and accumulation whose product with {plan.processes} processes is {expected}"
-    )
-    raise ValueError(
-        f"This recipe is written for a global batch of {expected}, but this launch gives {plan.describe()}. To keep the "
-        f"recipe's batch, {fix}; to accept the new one, pass --global_batch_size {plan.global_batch}."
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Dry run
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def build_plan(stage: str, script_args, training_args, model_args, pvm_args) -> dict:
-    """The run's plan from the config alone (no data, no weights): batch, optimisation and the trainable set."""
-    mode = pvm_args.resolve_trainable(stage)
-    processes = training_args.world_size
-    expected = script_args.global_batch_size
-    per_process = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-    if expected is not None and expected % per_process == 0:
-        processes = expected // per_process  # the launch the recipe was written for
-    batch = batch_plan(stage, script_args, training_args, processes)
-    check_global_batch(batch, expected)
-
-    path = resolve_model_path(model_args.model_name_or_path)
-    model = build_meta_model(path, pvm_args.pvm_config_kwargs(), model_args.model_revision)
-    apply_trainable(model, mode)
-    if mode == "lora+pvm":
-        from peft import get_peft_model
-
-        model = get_peft_model(model, lora_config_for(model, model_args))
-    report = verify_trainable(model, mode)
-    config = unwrap(model).config
-    plan = {
-        "stage": stage,
-        "model": model_args.model_name_or_path,
-        "pvm_layers": list(config.pvm_layers),
-        "pvm_hidden_size": config.pvm_hidden_size,
-        "pvm_memory_source": config.pvm_memory_source,
-        "pvm_visual_attention": config.pvm_visual_attention,
-        "pvm_variant": config.pvm_variant,
-        "pvm_gate_init": config.pvm_gate_init,
-        "processes": batch.processes,
-        "per_device_train_batch_size": batch.per_device,
-        "gradient_accumulation_steps": batch.accumulation,
-        "global_batch_size": batch.global_batch,
-        "batch": batch.describe(),
-        "optimizer": str(training_args.optim.value if hasattr(training_args.optim, "value") else training_args.optim),
-        "learning_rate": training_args.learning_rate,
-        "lr_scheduler_type": str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)),
-        "warmup_steps": training_args.warmup_steps,
-        "num_train_epochs": training_args.num_train_epochs,
-        "max_steps": training_args.max_steps,
-        "weight_decay": training_args.weight_decay,
-        "bf16": bool(training_args.bf16),
-        "dtype": model_args.dtype,
-        "activation_checkpointing": bool(training_args.activation_checkpointing),
-        "trainable": mode,
-        "trainable_groups": report.trainable_groups(),
-        "parameters": {"total": report.total, "trainable": report.trainable},
-        "trainable_parameters": report.trainable_parameters,
-        "trainable_share": report.share,
-        "dataset": script_args.dataset_name,
-        "prompt_template": script_args.prompt_template,
-    }
-    if stage == "sft":
-        plan.update(completion_only_loss=training_args.completion_only_loss, max_length=training_args.max_length)
-    else:
-        plan.update(
-            num_generations=training_args.num_generations,
-            max_completion_length=training_args.max_completion_length,
-            temperature=training_args.temperature,
-            beta=training_args.beta,
-            mask_truncated_completions=training_args.mask_truncated_completions,
-            loss_type=training_args.loss_type,
-            reward_funcs=list(script_args.reward_funcs),
-            reward_weights=training_args.reward_weights,
+def check_output_dir(training_args, script_args, resume: str | None) -> None:
+    """A finished or unrelated run in `output_dir` is never silently replaced: its final model and checkpoints would
+    mix with this run's (and a later resume would pick the old run's last checkpoint)."""
+    folder = Path(training_args.output_dir)
+    if resume is None and folder.is_dir() and any(folder.iterdir()) and not script_args.overwrite_output_dir:
+        raise ValueError(
+            f"output_dir {folder} already holds a run. Resume it with --resume_from_checkpoint true, write to another "
+            "--output_dir, or pass --overwrite_output_dir true to replace it."
         )
-    plan["summary"] = f"{stage.upper()} plan: {batch.describe()}\n{report.summary()}"
-    return plan
+    if resume is None and script_args.overwrite_output_dir and folder.is_dir():
+        import shutil
+
+        shutil.rmtree(folder)
 
 
-def print_plan(plan: dict) -> None:
-    """Print the plan: the readable summary, then every field as JSON."""
-    printable = {key: value for key, value in plan.items() if key != "summary"}
-    print(plan["summary"])
-    print(json.dumps(printable, indent=2, default=str))
+def check_integrations(training_args) -> None:
+    """Every `report_to` integration must be installed: fail now, not after the model has loaded."""
+    import importlib.util
+
+    wanted = training_args.report_to if isinstance(training_args.report_to, list) else [training_args.report_to]
+    packages = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+    missing = [name for name in wanted if name in packages and importlib.util.find_spec(packages[name]) is None]
+    if missing:
+        raise ValueError(
+            f"report_to {missing}: not installed. Install it (`pip install -e \".[tensorboard]\"` for TensorBoard, or "
+            "`pip install wandb`), or pass --report_to none."
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -258,8 +197,8 @@ def print_plan(plan: dict) -> None:
 
 
 @dataclass
-class RunInputs:
-    """Everything a trainer needs, prepared and checked."""
+class Prepared:
+    """Everything a trainer needs, loaded and checked."""
 
     stage: str
     mode: str
@@ -267,115 +206,128 @@ class RunInputs:
     processor: object
     train_dataset: object
     peft_config: object | None
-    model_path: str
     converted: bool
-    batch: BatchPlan
 
 
-def prepare_run(stage: str, script_args, training_args, model_args, pvm_args) -> RunInputs:
-    """Check the batch, validate the data (before anything trains), load the model (converting a plain Qwen3-VL
+def prepare(stage: str, script_args, training_args, model_args, pvm_args: PVMArguments) -> Prepared:
+    """Check the launch, validate the data (before the model loads), load the model (converting a plain Qwen3-VL
     checkpoint on the fly) and the processor, and set the trainable set."""
-    mode = pvm_args.resolve_trainable(stage)
+    mode = script_args.resolve_trainable(stage)
     if model_args.use_peft and mode != "lora+pvm":
         raise ValueError(f"--use_peft trains LoRA adapters: pass --trainable lora+pvm (got --trainable {mode}).")
-    batch = batch_plan(stage, script_args, training_args)
-    check_global_batch(batch, script_args.global_batch_size)
+    batch = BatchPlan.of(stage, training_args)
+    batch.check(script_args.global_batch_size)
+    resume = resume_arg(training_args)
+    check_output_dir(training_args, script_args, resume)
+    check_integrations(training_args)
+    take_over_push_to_hub(training_args, script_args)
     logger.info("%s with --trainable %s; batch: %s", stage.upper(), mode, batch.describe())
-
-    take_over_push_to_hub(training_args, pvm_args)
     model_path = resolve_model_path(model_args.model_name_or_path)
     with training_args.main_process_first(desc="dataset validation"):
         train_dataset = load_training_dataset(script_args, stage)
 
     set_seed(training_args.seed)  # fresh PVM weights of an on-the-fly conversion are the same on every process
-    model, converted = load_model(
+    model, converted = load_pvm_model(
         model_path,
-        pvm_kwargs=pvm_args.pvm_config_kwargs(),
-        dtype=model_args.dtype,
+        pvm_args,
+        dtype=model_args.dtype or "float32",
         attn_implementation=model_args.attn_implementation,
         revision=model_args.model_revision,
     )
+    if resume is not None:
+        logger.info("Resuming from %s: the weights, optimizer and schedule come from that checkpoint", resume)
+    elif not converted:
+        logger.info("Loaded the PVM checkpoint %s (gates %s)", model_path, _rounded(gate_values(model)))
     processor = load_processor(model_path, model_args.model_revision, padding_side="left" if stage == "grpo" else None)
     apply_trainable(model, mode)
-    peft_config = lora_config_for(model, model_args) if mode == "lora+pvm" else None
-    return RunInputs(stage, mode, model, processor, train_dataset, peft_config, model_path, converted, batch)
+    peft_config = lora_config_for(model_args) if mode == "lora+pvm" else None
+    return Prepared(stage, mode, model, processor, train_dataset, peft_config, converted)
 
 
-@dataclass
-class Callbacks:
-    timer: StepTimerCallback
-    stopper: StopAfterStepsCallback | None = None
+def _rounded(gates: dict[int, float]) -> dict[int, float]:
+    return {layer: round(value, 6) for layer, value in gates.items()}
 
 
-def attach_callbacks(trainer, run: RunInputs, pvm_args) -> Callbacks:
-    """Check and log the trainable set of the trainer's (possibly PEFT-wrapped) model and add our callbacks."""
-    report = verify_trainable(trainer.model, run.mode)
-    logger.info("%s", report.summary())
-    if pvm_args.log_pvm_stats:
+def run(stage: str, script_args, training_args, model_args, pvm_args, make_trainer: Callable[[Prepared], object]) -> dict:
+    """Run a stage (see the module docstring) and return the train metrics with step times and peak memory, or the
+    plan for `--dry_run`."""
+    setup_logging(training_args)
+    if script_args.dry_run:
+        plan = build_plan(stage, script_args, training_args, model_args, pvm_args)
+        print_plan(plan)
+        return plan
+    prepared = prepare(stage, script_args, training_args, model_args, pvm_args)
+    allow_fsdp_on_cpu()
+    trainer = make_trainer(prepared)
+    check_engaged(trainer)
+    logger.info("Distributed setup: %s", describe(trainer))
+    logger.info("%s", verify_trainable(trainer.model, prepared.mode).summary())
+    if script_args.log_pvm_stats:
         add_pvm_monitor(trainer)
-    trainer.add_callback(CompleteCheckpointCallback(run.stage, pvm_args.model_card_hook, trainer))
-    callbacks = Callbacks(timer=StepTimerCallback())
-    trainer.add_callback(callbacks.timer)
-    if pvm_args.stop_after_steps is not None:
-        callbacks.stopper = StopAfterStepsCallback(pvm_args.stop_after_steps)
-        trainer.add_callback(callbacks.stopper)
-    return callbacks
-
-
-def train_and_save(trainer, run: RunInputs, training_args, pvm_args, callbacks: Callbacks) -> dict:
-    """Train (resuming if asked), save the final model with its remote code, config and processor, and return the
-    train metrics plus step times and peak memory."""
-    result = trainer.train(resume_from_checkpoint=resume_arg(training_args))
-    metrics = {**result.metrics, **callbacks.timer.summary(), "peak_memory_mb": peak_memory_mb()}
-    logger.info(
-        "Trained %d steps: %.3f s/step (median), peak memory %.0f MiB",
-        metrics["steps"],
-        metrics["median_step_seconds"],
-        metrics["peak_memory_mb"],
-    )
-    stopper = callbacks.stopper
+    trainer.add_callback(CompleteCheckpointCallback(stage, script_args.model_card_hook, trainer))
+    timer, stopper = StepTimerCallback(), None
+    trainer.add_callback(timer)
+    if script_args.stop_after_steps is not None:
+        stopper = StopAfterStepsCallback(script_args.stop_after_steps)
+        trainer.add_callback(stopper)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_arg(training_args))
+    except KeyboardInterrupt:
+        _report_interruption(trainer, training_args)
+        raise
+    metrics = {**result.metrics, **timer.summary(), "peak_memory_mb": peak_memory_mb()}
+    metrics["log_history"] = trainer.state.log_history
+    logger.info("Trained %d steps: %.3f s/step (median), peak memory %.0f MiB", metrics["steps"], metrics["median_step_seconds"], metrics["peak_memory_mb"])
     if stopper is not None and stopper.stopped:
         logger.warning(
-            "Stopped at step %d of %d (--stop_after_steps); continue with --resume_from_checkpoint %s/checkpoint-%d",
-            trainer.state.global_step,
-            trainer.state.max_steps,
-            training_args.output_dir,
-            trainer.state.global_step,
-        )
-        return metrics
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        output_dir = complete_checkpoint(training_args.output_dir, trainer.model, trainer.processing_class)
-        run_model_card_hook(pvm_args.model_card_hook, output_dir, trainer=trainer, stage=run.stage)
-        gates = {layer: round(value, 6) for layer, value in gate_values(trainer.model).items()}
-        logger.info("Saved the final model to %s; PVM gates %s", output_dir, gates)
-        if pvm_args.push_to_hub_repo:
-            push_final_model(output_dir, pvm_args.push_to_hub_repo, training_args)
+            "Stopped at step %d of %d (--stop_after_steps); continue with --resume_from_checkpoint true",
+            trainer.state.global_step, trainer.state.max_steps,
+        )  # fmt: skip
+    else:
+        _save_final(trainer, stage, script_args, training_args)
+    trainer.end() if hasattr(trainer, "end") else None
     return metrics
 
 
-def take_over_push_to_hub(training_args, pvm_args) -> None:
+def _save_final(trainer, stage: str, script_args, training_args) -> None:
+    trainer.save_model(training_args.output_dir)
+    gates = gate_values(trainer.model)  # on every rank: gathers sharded gates
+    if trainer.accelerator.is_main_process:
+        output_dir = complete_checkpoint(training_args.output_dir, trainer.model, trainer.processing_class, training_args)
+        run_model_card_hook(script_args.model_card_hook, output_dir, trainer=trainer, stage=stage)
+        logger.info("Saved the final model to %s; PVM gates %s", output_dir, _rounded(gates))
+        if script_args.push_to_hub_repo:
+            from pvm_qwen3vl.model_cards.callback import publish
+
+            report, result = publish(
+                output_dir,
+                script_args.push_to_hub_repo,
+                private=bool(training_args.hub_private_repo),
+                revision=training_args.hub_revision,
+                token=training_args.hub_token,
+            )
+            logger.info("Pushed %s to %s (%s)", report.out_dir, script_args.push_to_hub_repo, result)
+
+
+def _report_interruption(trainer, training_args) -> None:
+    output_dir = Path(training_args.output_dir)
+    last = get_last_checkpoint(output_dir) if output_dir.is_dir() else None
+    kept = (
+        f"the last checkpoint is {last}; continue with the same command plus --resume_from_checkpoint true"
+        if last
+        else "no checkpoint was saved yet, so nothing was kept"
+    )
+    print(f"\nInterrupted at step {trainer.state.global_step}: {kept}.", file=sys.stderr)
+
+
+def take_over_push_to_hub(training_args, script_args) -> None:
     """`--push_to_hub` goes through our export (clean folder, PVM card, verified in a fresh process) and push, once,
     at the end; the Trainer's own upload of the raw output folder at every save is switched off."""
     if training_args.push_to_hub:
         if not training_args.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id USER/NAME (the Hub repository to create or update).")
-        pvm_args.push_to_hub_repo = training_args.hub_model_id
+        script_args.push_to_hub_repo = training_args.hub_model_id
         training_args.push_to_hub = False
-
-
-def push_final_model(output_dir: str | Path, repo_id: str, training_args) -> None:
-    """Export the final model with `model_cards.export` and push it with `model_cards.push` (one commit)."""
-    from model_cards.callback import publish
-
-    report, result = publish(
-        output_dir,
-        repo_id,
-        private=bool(training_args.hub_private_repo),
-        revision=training_args.hub_revision,
-        token=training_args.hub_token,
-    )
-    logger.info("Pushed %s to %s (%s)", report.out_dir, repo_id, result)
 
 
 def peak_memory_mb() -> float:
@@ -387,10 +339,13 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def plan_or_none(stage: str, script_args, training_args, model_args, pvm_args) -> dict | None:
-    """For `--dry_run`: build, print and return the plan; otherwise None."""
-    if not script_args.dry_run:
-        return None
-    plan = build_plan(stage, script_args, training_args, model_args, pvm_args)
-    print_plan(plan)
-    return plan
+def cli(stage: str, main: Callable, argv: Sequence[str] | None = None) -> int:
+    """`python -m pvm_qwen3vl.training.<stage>`: exit 2 with the message on a user error, 130 on Ctrl-C."""
+    try:
+        main(*parse_args(stage, argv))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"pvm-qwen3vl train {stage}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

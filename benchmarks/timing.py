@@ -140,7 +140,7 @@ class Variant:
     static_cache: Any = None  # a StaticCache reused run after run (reset before each prefill); None: a DynamicCache
 
 
-class Generation:
+class StepwiseGeneration:
     """Greedy generation, one call at a time: `prefill()`, then `step()` per new token. The loop `generate` runs,
     without its logits processors: the new token on the cache, argmax on the device, and explicit M-RoPE positions
     (as `generate` passes them, which also keeps a compiled decode step free of data-dependent branches)."""
@@ -180,7 +180,7 @@ class Generation:
 
 def generate_timed(variant: Variant, inputs: dict, new_tokens: int, sync: Callable[[], None]) -> dict:
     """Prefill, then `new_tokens` decode steps, each timed. Returns prefill_s, step_s and the cache."""
-    generation = Generation(variant, inputs)
+    generation = StepwiseGeneration(variant, inputs)
     with torch.inference_mode():
         sync()
         start = time.perf_counter()
@@ -208,7 +208,7 @@ def interleaved_generation(
     """
     sync = synchronizer(device)
     labels = list(variants)[::-1] if flip else list(variants)
-    generations = {label: Generation(variants[label], inputs) for label in labels}
+    generations = {label: StepwiseGeneration(variants[label], inputs) for label in labels}
     prefill = {}
     steps = {label: [] for label in labels}
     with torch.inference_mode():
@@ -255,10 +255,9 @@ def memory_run(variant: Variant, inputs: dict, new_tokens: int, device: torch.de
 
 
 @contextlib.contextmanager
-def trainable(model, names: Callable[[str], bool]) -> Iterator[list[torch.nn.Parameter]]:
-    """Within the block, the parameters whose name passes `names` require grad (and the model is in train mode);
-    on exit everything is frozen again and the model back in eval mode."""
-    params = [param for name, param in model.named_parameters() if names(name)]
+def trainable(model, params: list[torch.nn.Parameter]) -> Iterator[list[torch.nn.Parameter]]:
+    """Within the block, `params` require grad (and the model is in train mode); on exit everything is frozen again
+    and the model back in eval mode."""
     for param in params:
         param.requires_grad_(True)
     model.train()
@@ -345,7 +344,7 @@ def _has_bool_index(args) -> bool:
 
 def audit_decode_step(variant: Variant, inputs: dict) -> dict:
     """Prefill, then count the operators and host syncs of one eager decode step (and the host syncs of the prefill)."""
-    generation = Generation(Variant(variant.model, variant.context), inputs)
+    generation = StepwiseGeneration(Variant(variant.model, variant.context), inputs)
     with torch.inference_mode():
         with OperatorCounter() as prefill_counter:
             generation.prefill()

@@ -8,7 +8,7 @@ Qwen3-VL-Instruct template with the assistant turn (content and its closing ``<|
 
 Usage::
 
-    python -m pvm_qwen3vl.assets.make_tiny_tokenizer [--out-dir DIR]
+    python scripts/make_tiny_tokenizer.py [--out-dir DIR]
 
 The output is deterministic: regenerating writes byte-identical files.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import BPE
 
-DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "tiny_tokenizer"
+DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "pvm_qwen3vl" / "assets" / "tiny_tokenizer"
 
 # Size of the trained BPE vocabulary (256 byte symbols + merges); the added tokens come after it.
 BPE_VOCAB_SIZE = 1200

@@ -231,15 +231,6 @@ class ModelPair:
     info: dict = field(default_factory=dict)
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available, else cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but no CUDA device is available (try --device cpu)")
-    return torch.device(name)
-
-
 def build_models(
     preset: Preset, device: torch.device, dtype: torch.dtype, gate: float = 1.0, seed: int = 0, attn: str = "sdpa"
 ) -> ModelPair:

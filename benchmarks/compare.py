@@ -1,6 +1,6 @@
 """Before/after timing of two versions of `modeling_pvm_qwen3vl.py`, in one process, on the same weights.
 
-    python -m evaluation.throughput_compare --reference c39cf4c --out runs/bench/before-after.json
+    python -m pvm_qwen3vl.benchmarks.compare --reference c39cf4c --out runs/bench/before-after.json
 
 Builds the `cpu-mid` (or another preset's) base model and PVM model from the current modeling file, loads the
 reference file as a separate module and builds its PVM model on the very same tensors, then times base, reference
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from evaluation.bench import paired_ratios, summarize
-from evaluation.throughput_setup import build_inputs, build_models, get_preset, pvm_config
-from evaluation.throughput_timing import Variant, interleaved_generation
+from pvm_qwen3vl.benchmarks.models import build_inputs, build_models, get_preset, pvm_config
+from pvm_qwen3vl.benchmarks.throughput import paired_ratios, summarize
+from pvm_qwen3vl.benchmarks.timing import Variant, interleaved_generation
 
 
 def load_reference(reference: str):
@@ -110,7 +110,7 @@ def compare(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.throughput_compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pvm_qwen3vl.benchmarks.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--reference", default="HEAD", help="modeling file, or git revision of one, to compare against (default: HEAD)"
     )

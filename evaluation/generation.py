@@ -1,0 +1,178 @@
+"""Generating with a loaded checkpoint (`pvm_qwen3vl.checkpoints.load_for_inference`), and replaying a finished
+generation in one teacher-forced forward, where the analyses measure it with read-only hooks (`probes`).
+
+A causal model computes at each position of the replay exactly what it computed while generating, so measurements
+on the replay describe the generation itself, and generating with no hook attached keeps the outputs untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import BatchFeature
+
+from pvm_qwen3vl.checkpoints import LoadedModel
+from pvm_qwen3vl.prompts import Prompt
+
+
+def pvm_layer_indices(model) -> list[int]:
+    """Indices of the decoder layers that carry a PVM branch (empty for a base Qwen3-VL)."""
+    return sorted(model.pvm_gates()) if hasattr(model, "pvm_gates") else []
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 31-bit seed from any parts (run index, batch index, ...), independent of Python's hash salt."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+@contextmanager
+def seeded(seed: int | None, device: torch.device):
+    """Run a block with torch's generators seeded, then restore their state (`None` leaves them alone)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def encode_prompts(processor, prompts: Sequence[Prompt | str], images: Sequence[Sequence[Any]]) -> BatchFeature:
+    """One user turn per prompt (its images first, then the text; a `Prompt` may add a system turn), rendered with
+    the chat template and processed into a left-padded batch."""
+    rendered = []
+    for prompt, sample_images in zip(prompts, images, strict=True):
+        prompt = Prompt(prompt) if isinstance(prompt, str) else prompt
+        content = [{"type": "image"} for _ in sample_images] + [{"type": "text", "text": prompt.user}]
+        messages = [{"role": "user", "content": content}]
+        if prompt.system:
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": prompt.system}]})
+        rendered.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    flat_images = [image for sample_images in images for image in sample_images]
+    return processor(text=rendered, images=flat_images or None, padding=True, return_tensors="pt")
+
+
+@dataclass
+class GeneratedBatch:
+    """What `generate` produced for a batch: `sequences` [B, P + N] (prompt then new tokens, padded after each end),
+    the padded prompt length P, each sample's number of tokens before its end token, whether it stopped at one,
+    and the decoded texts."""
+
+    sequences: torch.Tensor
+    prompt_length: int
+    num_tokens: list[int]
+    finished: list[bool]
+    texts: list[str]
+
+    @property
+    def new_tokens(self) -> torch.Tensor:
+        return self.sequences[:, self.prompt_length :]
+
+    @property
+    def measured_steps(self) -> list[int]:
+        """Per sample, the generation steps a replay measures: its kept tokens, and its end token when it stopped."""
+        steps = self.new_tokens.shape[1]
+        return [min(steps, count + int(done)) for count, done in zip(self.num_tokens, self.finished)]
+
+
+def generate(
+    loaded: LoadedModel,
+    batch: BatchFeature,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    min_new_tokens: int | None = None,
+    seed: int | None = None,
+    replayable: bool = False,
+) -> GeneratedBatch:
+    """Generate for a processed batch: greedy at `temperature` 0, else sampled (with the checkpoint's top_p / top_k
+    unless given), seeded for this call only by `seed`.
+
+    `replayable` forbids the image/video placeholder tokens, so that `teacher_forced_inputs` can replay the output:
+    a placeholder in the replayed ids would be taken for an image slot. Trained checkpoints do not emit them; random
+    test models do."""
+    model, processor = loaded.model, loaded.processor
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
+    if temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 is greedy decoding), got {temperature}.")
+    eos = model.generation_config.eos_token_id
+    eos = processor.tokenizer.eos_token_id if eos is None else eos
+    eos_ids = [int(token) for token in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature)
+        kwargs.update({key: value for key, value in (("top_p", top_p), ("top_k", top_k)) if value is not None})
+    else:  # greedy: neutralize the checkpoint's sampling settings so that no warning is raised about them
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if replayable:
+        kwargs["suppress_tokens"] = [model.config.image_token_id, model.config.video_token_id]
+    pad_id = processor.tokenizer.pad_token_id
+    kwargs["pad_token_id"] = eos_ids[0] if pad_id is None else pad_id
+    inputs = batch.to(loaded.device)
+    with seeded(seed, loaded.device), torch.no_grad():
+        sequences = model.generate(**inputs, **kwargs).cpu()
+    prompt_length = inputs["input_ids"].shape[1]
+    num_tokens, finished = [], []
+    for row in sequences[:, prompt_length:]:
+        ends = torch.isin(row, torch.tensor(eos_ids)).nonzero()
+        num_tokens.append(int(ends[0]) if len(ends) else len(row))
+        finished.append(bool(len(ends)))
+    trimmed = [row[:count] for row, count in zip(sequences[:, prompt_length:], num_tokens)]
+    texts = processor.batch_decode(trimmed, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return GeneratedBatch(sequences, prompt_length, num_tokens, finished, texts)
+
+
+def teacher_forced_inputs(batch: BatchFeature, generation: GeneratedBatch) -> BatchFeature:
+    """Inputs that replay a generation in one forward: the prompt and every generated token up to each sample's end
+    token (included), the rest masked."""
+    sequences, prompt_length = generation.sequences, generation.prompt_length
+    new = sequences.shape[1] - prompt_length
+    kept = torch.tensor([min(count + 1, new) for count in generation.num_tokens]).unsqueeze(1)
+    prompt_mask = batch["attention_mask"].cpu()
+    inputs = {key: value for key, value in batch.items() if key not in ("input_ids", "attention_mask")}
+    inputs["input_ids"] = sequences
+    inputs["attention_mask"] = torch.cat([prompt_mask, (torch.arange(new) < kept).to(prompt_mask.dtype)], 1)
+    if "mm_token_type_ids" in batch:  # generated tokens are text
+        token_types = batch["mm_token_type_ids"].cpu()
+        inputs["mm_token_type_ids"] = torch.cat([token_types, token_types.new_zeros(len(sequences), new)], 1)
+    return BatchFeature(inputs)
+
+
+def replayed_batches(
+    loaded: LoadedModel,
+    items: Sequence[tuple[Prompt | str, list]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    min_new_tokens: int | None = None,
+    seed: int = 0,
+    desc: str = "replay",
+    progress: bool = True,
+) -> Iterator[tuple[GeneratedBatch, BatchFeature]]:
+    """Generate for (prompt, images) items batch by batch and yield each generation with the inputs (on the model's
+    device) that replay it. The query that produced generated token t (0-based) sits at `prompt_length - 1 + t`."""
+    starts = range(0, len(items), batch_size)
+    for start in tqdm(starts, desc=f"{desc} {Path(loaded.name).name}", unit="batch", disable=not progress):
+        chunk = items[start : start + batch_size]
+        batch = encode_prompts(loaded.processor, [prompt for prompt, _ in chunk], [images for _, images in chunk])
+        generation = generate(
+            loaded,
+            batch,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            min_new_tokens=min_new_tokens,
+            seed=seed + start,
+            replayable=True,
+        )
+        yield generation, teacher_forced_inputs(batch, generation).to(loaded.device)

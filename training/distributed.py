@@ -1,0 +1,140 @@
+"""Which distributed setup a run has (DDP, DeepSpeed ZeRO-2/3, FSDP2), and what makes the recipes' DeepSpeed and FSDP
+configs run on a machine without a GPU (the tests run them on CPU with 2 gloo processes).
+
+`accelerate launch --config_file training/accelerate/<config>.yaml` tells the script which engine to use through
+`ACCELERATE_USE_DEEPSPEED` / `ACCELERATE_USE_FSDP`. On CPU, accelerate 1.15 does not engage either by itself, and says
+nothing:
+
+- DeepSpeed is engaged only when the Trainer's state is built with `cpu=False` (`accelerate/state.py`,
+  `PartialState.__init__`: `if not cpu and self.backend != "xla": ... if ACCELERATE_USE_DEEPSPEED`), and with no
+  GPU a `cpu=False` state has no backend unless one is given. So on CPU: `--use_cpu false --ddp_backend gloo`.
+- FSDP is engaged only for accelerator devices (`accelerate/state.py`, `AcceleratorState.__init__`:
+  `elif self.distributed_type in [DistributedType.MULTI_GPU, ..., DistributedType.MULTI_NEURON]`, without
+  `MULTI_CPU`), although torch's `fully_shard` runs on CPU with gloo. `allow_fsdp_on_cpu` lets accelerate's own FSDP
+  path run there.
+
+Without these, a CPU run launched with the ZeRO or FSDP config would silently train as plain DDP. `check_engaged`
+refuses any run whose engine is not the one the launch asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def requested_engine() -> str | None:
+    """'deepspeed' or 'fsdp' when `accelerate launch` was given such a config, else None."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "deepspeed"
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "fsdp"
+    return None
+
+
+def _value(argv: Sequence[str], flag: str) -> str | None:
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def cpu_launch_arguments(argv: Sequence[str]) -> list[str]:
+    """The command line plus what a DeepSpeed or FSDP launch needs on a machine without a GPU (see the module
+    docstring); unchanged on a GPU machine or for other launches. A `--use_cpu` that would drop the engine is
+    refused."""
+    argv = list(argv)
+    engine = requested_engine()
+    if engine is None or torch.cuda.is_available():
+        return argv
+    use_cpu = _value(argv, "--use_cpu")
+    if engine == "deepspeed":
+        if use_cpu is not None and use_cpu.lower() in ("true", "1", "yes"):
+            raise ValueError(
+                "--use_cpu true under a DeepSpeed launch trains without DeepSpeed: accelerate engages DeepSpeed only "
+                "when use_cpu is false. Leave --use_cpu out (on a machine without a GPU, the run sets --use_cpu false "
+                "--ddp_backend gloo itself)."
+            )
+        argv += ["--use_cpu", "false"]
+        if _value(argv, "--ddp_backend") is None:
+            argv += ["--ddp_backend", "gloo"]
+    elif use_cpu is None:
+        argv += ["--use_cpu", "true"]
+    return argv
+
+
+def allow_fsdp_on_cpu() -> bool:
+    """Under an FSDP launch on CPU, present the gloo process group to accelerate as a multi-device one, so that its
+    FSDP2 path (`fully_shard` of each decoder layer and vision block) runs instead of plain DDP. Call it after the
+    training arguments set up the process group and before the Trainer is built. True when it did so."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    if requested_engine() != "fsdp" or torch.cuda.is_available() or not PartialState._shared_state:
+        return False
+    state = PartialState()
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        return False
+    PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+    logger.warning(
+        "FSDP on CPU: accelerate enables FSDP only on accelerator devices (AcceleratorState in accelerate/state.py); "
+        "this run hands its %d gloo processes to accelerate's FSDP2 path as a multi-device group.",
+        state.num_processes,
+    )
+    return True
+
+
+def describe(trainer) -> str:
+    """E.g. 'DeepSpeed ZeRO-3 over 2 processes (gloo, cpu)' or 'FSDP2 over 2 processes (gloo, cpu)'."""
+    state = trainer.accelerator.state
+    processes = trainer.accelerator.num_processes
+    backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "no process group"
+    where = f"over {processes} process{'es' if processes != 1 else ''} ({backend}, {trainer.accelerator.device.type})"
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        stage = state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)
+        return f"DeepSpeed ZeRO-{stage} {where}"
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return f"FSDP{getattr(state.fsdp_plugin, 'fsdp_version', 1)} {where}"
+    return f"{'DDP' if processes > 1 else 'single process'} {where}"
+
+
+def check_engaged(trainer) -> None:
+    """Refuse a run whose engine is not the one `accelerate launch` asked for (it would train as plain DDP)."""
+    engine = requested_engine()
+    engaged = {"deepspeed": getattr(trainer, "is_deepspeed_enabled", False), "fsdp": getattr(trainer, "is_fsdp_enabled", False)}
+    if engine is not None and not engaged[engine]:
+        raise RuntimeError(
+            f"accelerate launch asked for {engine}, but the run would train as {describe(trainer)}. On a machine "
+            "without a GPU, do not set use_cpu/ddp_backend for a DeepSpeed or FSDP launch: the run sets them."
+        )
+
+
+def gate_values(model) -> dict[int, float]:
+    """`model.pvm_gates()` that also works on sharded gates: an FSDP2 `DTensor` is gathered with `full_tensor()`, a
+    ZeRO-3 partition with `deepspeed.zero.GatheredParameters`. Under sharding these are collectives: call it on every
+    rank."""
+    from pvm_qwen3vl.training.model import unwrap
+
+    values = {}
+    for index, layer in enumerate(unwrap(model).model.language_model.layers):
+        if not hasattr(layer, "pvm"):
+            continue
+        gate = layer.pvm.gate
+        if hasattr(gate, "full_tensor"):
+            value = gate.full_tensor()
+        elif hasattr(gate, "ds_id"):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([gate]):
+                value = gate.detach().clone()
+        else:
+            value = gate.detach()
+        values[index] = float(value.float().reshape(-1)[0])
+    return values
