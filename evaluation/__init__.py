@@ -1,7 +1,8 @@
 """Evaluation and analysis of Qwen3-VL and PVM checkpoints (arXiv 2605.00814), `pvm-qwen3vl eval ...`.
 
 - `bench`: batched generation and scoring on image question-answering datasets (`eval bench`), with `data` (the
-  datasets' columns and up-front row checks) and `benchmarks` (the paper's eight, by name);
+  datasets' columns and up-front row checks), `benchmarks` (the paper's eight, by name) and `predictions` (its
+  resumable output file);
 - `length_groups`: accuracy by output-length group, base against PVM (`eval length-groups`);
 - `dilution`: the Visual Stress Test, the share of attention on the image along a long output (`eval dilution`);
 - `lens`: logit-lens convergence, KL(P_final || P_layer) per layer (`eval lens`);

@@ -38,6 +38,7 @@ from pvm_qwen3vl.answers import score
 from pvm_qwen3vl.checkpoints import LoadedModel
 from pvm_qwen3vl.evaluation.data import PromptedSamples, SampleSet
 from pvm_qwen3vl.evaluation.generation import derive_seed, encode_prompts, generate
+from pvm_qwen3vl.evaluation.predictions import answered, append_predictions, read_predictions
 from pvm_qwen3vl.prompts import resolve_template
 
 logger = logging.getLogger(__name__)
@@ -112,38 +113,21 @@ def run_bench(
     (out / "run_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     predictions = out / "predictions.jsonl"
-    done = _load_done(predictions)
+    done = answered(predictions)
     items = PromptedSamples(samples, settings.prompt_template, settings.system)
-    todo = [
-        (
-            run,
-            start,
-            [
-                index
-                for index in range(start, min(start + settings.batch_size, len(samples)))
-                if (samples[index].id, run) not in done
-            ],
-        )
-        for run in range(settings.runs)
-        for start in range(0, len(samples), settings.batch_size)
-    ]
     total = settings.runs * len(samples)
-    bar = tqdm(
-        total=total,
-        initial=total - sum(len(indices) for *_, indices in todo),
-        desc=f"bench {Path(dataset_name).name}",
-        unit="answer",
-        disable=not progress,
-    )
-    with bar:
-        for run, start, indices in todo:
-            if indices:
-                rows = _answer_batch(loaded, items, indices, run, start, settings)
-                with open(predictions, "a", encoding="utf-8") as handle:  # one synced write per batch
-                    handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                bar.update(len(rows))
+    initial = sum((sample.id, run) in done for sample in samples for run in range(settings.runs))
+    with tqdm(
+        total=total, initial=initial, desc=f"bench {Path(dataset_name).name}", unit="answer", disable=not progress
+    ) as bar:
+        for run in range(settings.runs):
+            for start in range(0, len(samples), settings.batch_size):
+                batch = range(start, min(start + settings.batch_size, len(samples)))
+                pending = [index for index in batch if (samples[index].id, run) not in done]
+                if pending:
+                    rows = _answer_batch(loaded, items, pending, run, start, settings)
+                    append_predictions(predictions, rows)
+                    bar.update(len(rows))
 
     summary = summarize(read_predictions(predictions), samples.ids, settings.runs)
     summary.update(model=loaded.name, dataset=dataset_name, settings=asdict(settings))
@@ -204,34 +188,6 @@ def _check_resumable(out: Path, config: dict[str, Any]) -> None:
             f"{out} holds predictions made with other settings ({', '.join(changed)}). Resuming would mix them; use "
             "a new --out, or --overwrite to discard them."
         )
-
-
-def read_predictions(path: str | os.PathLike) -> list[dict]:
-    """The rows of a `predictions.jsonl`. The bench appends to it one batch at a time, so an interruption may cut
-    its last line short: that line is ignored (with a warning). A broken line anywhere else is an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no predictions file; give the predictions.jsonl written by `eval bench`.")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    rows = []
-    for number, line in enumerate(lines, 1):
-        try:
-            rows.extend([json.loads(line)] if line.strip() else [])
-        except json.JSONDecodeError as error:
-            if number < len(lines):
-                raise ValueError(f"{path}, line {number}: not valid JSON ({error}).") from error
-            logger.warning("%s: ignoring its incomplete last line (an interrupted write)", path)
-    return rows
-
-
-def _load_done(path: Path) -> set[tuple[str, int]]:
-    """(id, run) pairs already answered. A last line cut by an interruption is dropped from the file for good."""
-    if not path.exists():
-        return set()
-    rows = read_predictions(path)
-    if not path.read_text(encoding="utf-8").endswith("\n"):
-        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    return {(str(row["id"]), int(row["run"])) for row in rows}
 
 
 def summarize(rows: list[dict[str, Any]], ids: list[str], runs: int) -> dict[str, Any]:

@@ -134,6 +134,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     )
 }
 
+
 def get_benchmark(name: str) -> Benchmark:
     key = name.strip().lower().replace("-", "_")
     if key not in BENCHMARKS:

@@ -382,4 +382,4 @@ def register(commands: argparse._SubParsersAction) -> None:
             dataclass_types=groups,
             formatter_class=_HelpFormatter,
         )
-        analysis.set_defaults(func=function, out=f"{DEFAULT_OUT}/{name}", **defaults)
+        analysis.set_defaults(func=function, out=f"{DEFAULT_OUT}/{name}", command_path=f"eval {name}", **defaults)

@@ -94,12 +94,11 @@ def run_length_groups(
 ) -> dict[str, Any]:
     """Read both prediction files (or the bench folders that hold them), write `length_groups.json` and
     `length_groups.png` under `out_dir`."""
-    from pvm_qwen3vl.evaluation.bench import read_predictions
     from pvm_qwen3vl.evaluation.plotting import plot_length_groups
+    from pvm_qwen3vl.evaluation.predictions import read_predictions
 
-    paths = [Path(path) / "predictions.jsonl" if Path(path).is_dir() else Path(path) for path in (base_path, pvm_path)]
-    report = length_groups(read_predictions(paths[0]), read_predictions(paths[1]), groups)
-    report.update(base=str(paths[0]), pvm=str(paths[1]))
+    report = length_groups(read_predictions(base_path), read_predictions(pvm_path), groups)
+    report.update(base=str(base_path), pvm=str(pvm_path))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "length_groups.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -20,6 +20,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -301,9 +302,26 @@ def load_for_inference(
     return LoadedModel(model.to(resolved).eval(), processor, str(path))
 
 
+SHIPPED_CONFIGS = MappingProxyType(
+    {"Qwen/Qwen3-VL-8B-Instruct": "qwen3-vl-8b-instruct", "Qwen/Qwen3-VL-4B-Instruct": "qwen3-vl-4b-instruct"}
+)
+
+
+def shipped_config(name: str | os.PathLike, revision: str | None = None) -> str | None:
+    """The folder of this package's copy of the config of the paper's base models (Qwen/Qwen3-VL-8B-Instruct and
+    -4B-Instruct at revision main), for plans that need the architecture only; None for anything else or for a local
+    folder of that name."""
+    name = str(name)
+    if name not in SHIPPED_CONFIGS or revision not in (None, "main") or Path(name).exists():
+        return None
+    return str(Path(__file__).resolve().parent / "assets" / "configs" / SHIPPED_CONFIGS[name])
+
+
 def build_meta_model(path: str, options: PVMArguments | None = None, revision: str | None = None):
-    """The PVM model for `path` on the meta device: the right architecture and parameter counts, no weights loaded."""
-    config, _ = pvm_config_for(path, options, revision)
+    """The PVM model for `path` on the meta device: the right architecture and parameter counts, no weights loaded.
+    The paper's base models come from the configs this package ships (`shipped_config`): no network."""
+    offline = shipped_config(path, revision)
+    config, _ = pvm_config_for(offline or path, options, None if offline else revision)
     with torch.device("meta"):
         return PVMQwen3VLForConditionalGeneration(config)
 

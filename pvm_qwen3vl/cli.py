@@ -78,11 +78,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as error:
-        print(f"pvm-qwen3vl {args.command}: error: {error}", file=sys.stderr)
+        print(f"pvm-qwen3vl {_name(args)}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\npvm-qwen3vl {args.command}: interrupted.", file=sys.stderr)
+        print(f"\npvm-qwen3vl {_name(args)}: interrupted.", file=sys.stderr)
         return 130
+
+
+def _name(args: argparse.Namespace) -> str:
+    """The command as typed, e.g. "eval bench" or "train sft" (a command sets `command_path` when it has parts)."""
+    return getattr(args, "command_path", args.command)
 
 
 if __name__ == "__main__":

@@ -239,7 +239,7 @@ def check_image(record: dict, column: str, mode: str = "open") -> None:
         return
     path = record.get("path")
     if record.get("bytes") is None and (path is None or not os.path.isfile(path)):
-        hint = "" if path is None else " (set --image_root if paths are relative to another folder)"
+        hint = "" if path is None else " (relative paths start at the data file's folder; training's --image_root sets another)"
         raise RowProblem(column, f"image file not found: {path}{hint}")
     try:
         with Image.open(_image_source(record)) as image:

@@ -183,7 +183,6 @@ def vllm_prompt(processor, request: Request) -> dict:
 def run_vllm(llm, cases: list[Case] | None = None) -> dict:
     """Greedy decoding for every case on an `LLM`; a case's requests are submitted together unless sequential."""
     from transformers import AutoProcessor
-
     from vllm import SamplingParams
 
     processor = AutoProcessor.from_pretrained(llm.llm_engine.model_config.model)
@@ -234,6 +233,8 @@ def vllm_engine_kwargs(args) -> dict:
         "seed": 0,
         "disable_log_stats": False,  # keep the counters of `engine_counters`
     }
+    if args.enforce_eager:
+        kwargs["enforce_eager"] = True
     if args.max_num_batched_tokens:
         kwargs["max_num_batched_tokens"] = args.max_num_batched_tokens
         kwargs["enable_chunked_prefill"] = True
@@ -291,6 +292,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--kv-cache-mib", type=int, default=64, help="small: force preemption in the batch case")
     parser.add_argument("--block-size", type=int, default=32)
+    parser.add_argument("--enforce-eager", action="store_true", help="no torch.compile (faster start)")
     parser.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     args = parser.parse_args(argv)
     cases = parity_cases()

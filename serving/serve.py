@@ -2,9 +2,9 @@
 
 vLLM needs older pins (torch 2.13, transformers < 5.20) than the main environment, so it lives in its own venv,
 `.venv-vllm` (`make vllm-env`). This command runs vLLM's OpenAI server (what `vllm serve` runs) from the current
-environment when it has vLLM, and otherwise from `.venv-vllm` (or the venv named by `PVM_VLLM_VENV`). Both have this project's vLLM plugin installed,
-which registers the PVM architecture, so no `--trust-remote-code` is needed. Every option after the checkpoint goes to
-`vllm serve` unchanged, e.g. `--port 8000 --max-model-len 8192`.
+environment when it has vLLM, and otherwise from `.venv-vllm` (or the venv named by `PVM_VLLM_VENV`). Both have this
+project's vLLM plugin installed, which registers the PVM architecture, so no `--trust-remote-code` is needed. Every
+option after the checkpoint goes to the server unchanged, e.g. `--port 8000 --max-model-len 8192`.
 """
 
 from __future__ import annotations

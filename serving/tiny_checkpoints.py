@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from transformers import GenerationConfig
 
 from pvm_qwen3vl.tiny import build_tiny_base

@@ -41,7 +41,9 @@ def test_adapter_registers_and_answers_generate_until(pvm_dir):
     register()
     assert models.get_model(MODEL_NAME) is PVMQwen3VL
     model = PVMQwen3VL.create_from_arg_string(f"pretrained={pvm_dir},device=cpu", {"batch_size": 2})
-    docs = [{"question": f"<image> How many shapes? ({index})", "image": random_image(64, 64, index)} for index in range(3)]
+    docs = [
+        {"question": f"<image> How many shapes? ({index})", "image": random_image(64, 64, index)} for index in range(3)
+    ]
     model.task_dict = {"toy": {"test": docs}}
     gen_kwargs = {"max_new_tokens": 5, "temperature": 0, "do_sample": False, "until": ["\n\n"]}
     requests = [

@@ -122,17 +122,21 @@ def test_eager_and_sdpa_agree(tiny_base, image_batch):
     assert (outputs[0] - outputs[1])[real].abs().max().item() <= 1e-5
 
 
-def test_mlp_variant_is_iso_parameter_and_ignores_the_image(tiny_base, image_batch, processor):
-    cross = load_pvm(tiny_base)
-    mlp = load_pvm(tiny_base, gates=1.0, pvm_variant="mlp")
+def test_mlp_variant_is_iso_parameter_and_reads_no_image(tiny_base, base_model, image_batch, processor):
+    """In "all" mode the cross-attention branch lets text before the image read it, so changing the pixels changes
+    those positions; the mlp baseline reads no memory, so they stay as they were, yet its output is not the base's."""
+    cross = load_pvm(tiny_base, gates=1.0, pvm_visual_attention="all")
+    mlp = load_pvm(tiny_base, gates=1.0, pvm_variant="mlp", pvm_visual_attention="all")
     count = lambda model: sum(p.numel() for _, p in model.pvm_parameters())  # noqa: E731
     assert abs(count(mlp) - count(cross)) / count(cross) <= 0.05
     other_pixels = dict(image_batch, pixel_values=torch.randn_like(image_batch["pixel_values"]))
-    # no visual input: text before the image is unaffected by the pixels; the output is not the base's
     first_real = int(image_batch["attention_mask"][1].nonzero()[0])
     start = first_index(image_batch["input_ids"][1], mlp.config.vision_start_token_id)
-    a, b = logits(mlp, image_batch), logits(mlp, other_pixels)
-    assert (a[1, first_real:start] - b[1, first_real:start]).abs().max() <= 1e-6
+    before_image = slice(first_real, start)
+    changed = lambda model: (logits(model, image_batch) - logits(model, other_pixels))[1, before_image].abs().max()  # noqa: E731
+    assert changed(cross) > 1e-4
+    assert changed(mlp) <= 1e-6
+    assert (logits(mlp, image_batch) - logits(base_model, image_batch))[1, before_image].abs().max() > 1e-4
 
 
 # --- generation --------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from pvm_qwen3vl.training.runner import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "training" / "recipes"
-CONFIGS = Path(__file__).resolve().parent / "data"
+CONFIGS = REPO / "pvm_qwen3vl" / "assets" / "configs"
 TINY_SFT = str(RECIPES / "tiny" / "sft_align.yaml")
 TINY_GRPO = str(RECIPES / "tiny" / "grpo.yaml")
 REMOTE_CODE = ("configuration_pvm_qwen3vl.py", "modeling_pvm_qwen3vl.py")

@@ -102,7 +102,7 @@ def test_parquet_save_to_disk_and_in_memory_sources(tmp_path, image_dir):
 
 def test_image_root_and_hub_errors(tmp_path, image_dir):
     rows = write_jsonl(tmp_path / "rows.jsonl", [{"image": "img1.png", "question": "Q?", "answer": "A"}])
-    with pytest.raises(DataValidationError, match="set --image_root"):
+    with pytest.raises(DataValidationError, match="--image_root sets another"):
         prepare_dataset(load_source(str(rows)), "grpo")
     assert len(prepare_dataset(load_source(str(rows)), "grpo", image_root=str(image_dir))) == 1
     with pytest.raises(OSError, match="cannot load it as a Hub dataset"):

@@ -31,6 +31,7 @@ def short_help(stage: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    args.command_path = f"train {args.stage}"
     stage_args = list(args.stage_args)
     if "-h" in stage_args or "--help" in stage_args:
         print(short_help(args.stage))

@@ -28,7 +28,16 @@ from typing import Any
 
 from datasets import Dataset, Features, Image, List, Value
 
-from pvm_qwen3vl.data import DataValidationError, RowError, RowProblem, Source, check_image, image_record, load_source
+from pvm_qwen3vl.data import (
+    DataValidationError,
+    RowError,
+    RowProblem,
+    Source,
+    check_image,
+    image_record,
+    load_source,
+    undecoded_images,
+)
 from pvm_qwen3vl.prompts import PromptTemplate, get_prompt_template
 
 logger = logging.getLogger(__name__)
@@ -241,16 +250,6 @@ def _unexpected_columns(row: Mapping, row_format: str) -> list[str]:
     return sorted(key for key, value in row.items() if key not in known and value is not None)
 
 
-def _undecoded_images(dataset: Dataset) -> Dataset:
-    """Cast image columns to `Image(decode=False)`, so that validation reads bytes/paths and decodes nothing."""
-    for column, feature in dataset.features.items():
-        if isinstance(feature, Image) and feature.decode:
-            dataset = dataset.cast_column(column, Image(decode=False))
-        elif isinstance(feature, List) and isinstance(feature.feature, Image) and feature.feature.decode:
-            dataset = dataset.cast_column(column, List(Image(decode=False)))
-    return dataset
-
-
 def prepare_dataset(
     source: Source,
     stage: str,
@@ -297,7 +296,7 @@ def prepare_dataset(
     logger.info("Validating %d rows of %s (%s rows, %s template)", len(rows), source.name, row_format, template.name)
     features = _output_features(stage)
     if isinstance(rows, Dataset):
-        mapped = _undecoded_images(rows).map(
+        mapped = undecoded_images(rows).map(
             map_row, remove_columns=rows.column_names, features=features, num_proc=num_proc, desc="Validating rows"
         )
     else:  # rows of a JSON file, whose columns may change type from row to row: mapped here, then typed

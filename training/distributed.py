@@ -91,6 +91,23 @@ def allow_fsdp_on_cpu() -> bool:
     return True
 
 
+def check_fsdp_loading(model) -> None:
+    """Refuse an FSDP run whose trainable weights this rank loaded on the meta device (`fsdp_cpu_ram_efficient_loading:
+    true`): accelerate 1.15 maps the Trainer's optimizer to the sharded parameters by `data_ptr()`
+    (`Accelerator._prepare_fsdp2`), 0 for every meta tensor, so on this rank they would all map to one parameter and
+    this rank's shards of the others would never train."""
+    if requested_engine() != "fsdp":
+        return
+    on_meta = [name for name, param in model.named_parameters() if param.requires_grad and param.device.type == "meta"]
+    if on_meta:
+        raise ValueError(
+            f"FSDP with fsdp_cpu_ram_efficient_loading: this rank loaded {len(on_meta)} trainable parameters on the "
+            "meta device, and accelerate would map the optimizer to only one of them (it matches parameters by "
+            "data_ptr(), 0 on meta). Set fsdp_cpu_ram_efficient_loading: false in the accelerate config (as "
+            "training/accelerate/fsdp2.yaml does), or pass --fsdp_cpu_ram_efficient_loading false to accelerate launch."
+        )
+
+
 def describe(trainer) -> str:
     """E.g. 'DeepSpeed ZeRO-3 over 2 processes (gloo, cpu)' or 'FSDP2 over 2 processes (gloo, cpu)'."""
     state = trainer.accelerator.state
@@ -128,7 +145,7 @@ def gate_values(model) -> dict[int, float]:
             continue
         gate = layer.pvm.gate
         if hasattr(gate, "full_tensor"):
-            value = gate.full_tensor()
+            value = gate.detach().full_tensor()
         elif hasattr(gate, "ds_id"):
             import deepspeed
 

@@ -6,7 +6,8 @@
 
 Rows (image(s), question, answer[, options]) become conversational prompts; `solution` and `options` reach the
 rewards (`reward_funcs` weighted by `reward_weights`, see `pvm_qwen3vl.training.rewards`). Generation uses
-transformers (`use_vllm: false`).
+transformers, or vLLM with `use_vllm: true` (colocate mode; run from .venv-vllm, see the README's "Serving and
+rollouts with vLLM").
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ def main(script_args, training_args, model_args, pvm_args) -> dict:
     """Run stage 2 and return the train metrics (with step times and peak memory), or the plan for `--dry_run`."""
     from trl import GRPOTrainer
 
-    if training_args.use_vllm:
-        raise ValueError("use_vllm is not supported: vLLM has no PVM model. Set use_vllm: false.")
     reward_funcs = get_reward_funcs(script_args.reward_funcs, script_args.shaping_length_target)
 
     def make_trainer(prepared):
@@ -33,7 +32,12 @@ def main(script_args, training_args, model_args, pvm_args) -> dict:
                     "checkpoint has no PVM. Convert it first (pvm-qwen3vl convert) and train from the PVM checkpoint."
                 )
             training_args.trust_remote_code = True  # the reference model loads the checkpoint's remote code
-        return GRPOTrainer(
+        if training_args.use_vllm and prepared.converted:
+            raise ValueError(
+                "use_vllm: vLLM loads model_name_or_path itself, and a plain Qwen3-VL checkpoint has no PVM. Convert it "
+                "first (pvm-qwen3vl convert) and train from the PVM checkpoint."
+            )
+        trainer = GRPOTrainer(
             model=prepared.model,
             reward_funcs=reward_funcs,
             args=training_args,
@@ -41,6 +45,11 @@ def main(script_args, training_args, model_args, pvm_args) -> dict:
             processing_class=prepared.processor,
             peft_config=prepared.peft_config,
         )
+        if training_args.use_vllm:  # needs .venv-vllm (make vllm-env); see pvm_qwen3vl.serving.trl_colocate
+            from pvm_qwen3vl.serving.trl_colocate import attach
+
+            attach(trainer)
+        return trainer
 
     return run("grpo", script_args, training_args, model_args, pvm_args, make_trainer)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
-from pvm_qwen3vl.checkpoints import build_meta_model, resolve_model_path
+from pvm_qwen3vl.checkpoints import build_meta_model, resolve_model_path, shipped_config
+from pvm_qwen3vl.training.memory import format_plans, plan_memory, shapes_of, workload_of
 from pvm_qwen3vl.training.model import apply_trainable, lora_config_for, unwrap, verify_trainable
 
 
@@ -59,6 +61,22 @@ def _name(value) -> str:
     return str(getattr(value, "value", value))
 
 
+def _meta_model(model_args, pvm_args):
+    """The model to plan for, on the meta device (the paper's base models need no network)."""
+    name = model_args.model_name_or_path
+    try:
+        path = name if shipped_config(name, model_args.model_revision) else resolve_model_path(name)
+        return build_meta_model(path, pvm_args, model_args.model_revision)
+    except ValueError as error:
+        if name is None or Path(name).exists():
+            raise
+        raise ValueError(
+            f"{error} For a plan before that folder exists (e.g. the stage-1 output a GRPO recipe starts from), pass "
+            "its base model, whose architecture is the same: --model_name_or_path Qwen/Qwen3-VL-8B-Instruct (or "
+            "-4B-Instruct); their configs ship with this package, so the plan needs no network."
+        ) from error
+
+
 def build_plan(stage: str, script_args, training_args, model_args, pvm_args) -> dict:
     """The run's plan: batch, optimisation and the trainable set, with the recipe's launch (its global batch)."""
     mode = script_args.resolve_trainable(stage)
@@ -68,7 +86,7 @@ def build_plan(stage: str, script_args, training_args, model_args, pvm_args) -> 
     batch = BatchPlan.of(stage, training_args, processes)
     batch.check(expected)
 
-    model = build_meta_model(resolve_model_path(model_args.model_name_or_path), pvm_args, model_args.model_revision)
+    model = _meta_model(model_args, pvm_args)
     apply_trainable(model, mode)
     if mode == "lora+pvm":
         from peft import get_peft_model
@@ -110,7 +128,14 @@ def build_plan(stage: str, script_args, training_args, model_args, pvm_args) -> 
         keys = ("num_generations", "max_completion_length", "temperature", "beta", "mask_truncated_completions")
         plan.update({key: getattr(training_args, key) for key in (*keys, "loss_type", "reward_weights", "use_vllm")})
         plan["reward_funcs"] = list(script_args.reward_funcs)
-    plan["summary"] = f"{stage.upper()} plan: {batch.describe()}\n{report.summary()}"
+    work = workload_of(stage, mode, shapes_of(model), training_args, model_args)
+    memory = plan_memory(shapes_of(model), work, batch.processes)
+    plan["memory_per_gpu_gb"] = {item.config: item.to_dict() for item in memory}
+    plan["memory_assumptions"] = {
+        "sequence_tokens": work.sequence, "micro_batch": work.micro_batch, "weight_bytes": work.weight_bytes,
+        "mixed_precision": work.mixed_precision, "generation_batch": work.generation_batch,
+    }  # fmt: skip
+    plan["summary"] = f"{stage.upper()} plan: {batch.describe()}\n{report.summary()}\n{format_plans(memory, work)}"
     return plan
 
 

@@ -39,6 +39,7 @@ from pvm_qwen3vl.training.data import load_training_dataset
 from pvm_qwen3vl.training.distributed import (
     allow_fsdp_on_cpu,
     check_engaged,
+    check_fsdp_loading,
     cpu_launch_arguments,
     describe,
     gate_values,
@@ -257,6 +258,7 @@ def run(stage: str, script_args, training_args, model_args, pvm_args, make_train
         print_plan(plan)
         return plan
     prepared = prepare(stage, script_args, training_args, model_args, pvm_args)
+    check_fsdp_loading(prepared.model)
     allow_fsdp_on_cpu()
     trainer = make_trainer(prepared)
     check_engaged(trainer)

@@ -38,8 +38,8 @@ SPLITS = ("pretrain", "train", "dev", "eval")
 CANVAS = 64
 CELL = 16  # one merged visual token of the tiny Qwen3-VL (patch 8, merge 2)
 GRID = CANVAS // CELL
-SHAPE_SIZES = (9, 11, 13)  # odd, so the triangle's apex sits on a pixel centre
-CELL_MARGIN = 1
+SHAPE_SIZES = (13, 15)  # odd, so the triangle's apex sits on a pixel centre
+CELL_MARGIN = 0
 OBJECTS = (2, 3)  # shapes per picture (inclusive); distinct shapes, so "the circle" names one object
 
 INSTRUCTION = "Think aloud about the shapes, then name their colours."
@@ -69,29 +69,29 @@ class DepthRange:
 
 @dataclass
 class Item:
-    """One picture and its monologue, tokenized: `input_ids` is the prompt followed by the output; each probe is the
-    position (in `input_ids`) of its colour token, its depth in the output, its shape and its colour token id."""
+    """One picture and its monologue, tokenized: `input_ids` is the prompt followed by the output up to and including
+    the probe's colour token, which sits at `probe_position` (its depth in the output is `probe_depth`)."""
 
     id: str
     scene: Scene
     input_ids: list[int]
     output_start: int
-    probe_positions: list[int]
-    probe_depths: list[int]
-    probe_shapes: list[str]
-    probe_answers: list[int]  # token ids of the colours
+    probe_position: int
+    probe_shape: str
+    probe_answer: int  # token id of the colour
     text: str = field(repr=False, default="")
 
+    @property
+    def probe_depth(self) -> int:
+        return self.probe_position - self.output_start
+
+    @property
+    def probe_object(self) -> SceneObject:
+        return next(obj for obj in self.scene.objects if obj.shape == self.probe_shape)
+
     def to_json(self) -> dict:
-        return {
-            "id": self.id,
-            "scene": self.scene.to_dict(),
-            "text": self.text,
-            "probes": [
-                {"shape": shape, "depth": depth, "position": position}
-                for shape, depth, position in zip(self.probe_shapes, self.probe_depths, self.probe_positions)
-            ],
-        }
+        return {"id": self.id, "scene": self.scene.to_dict(), "text": self.text, "probe": self.probe_shape,
+                "depth": self.probe_depth}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -106,9 +106,10 @@ def split_rng(split: str, seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split),)))
 
 
-def sample_scene(rng: np.random.Generator) -> Scene:
-    """2-3 objects with distinct shapes and independent colours, each inside its own 16x16 cell."""
-    count = int(rng.integers(OBJECTS[0], OBJECTS[1] + 1))
+def sample_scene(rng: np.random.Generator, objects: tuple[int, int] = OBJECTS) -> Scene:
+    """`objects` (an inclusive range) objects with distinct shapes and independent colours, each inside its own
+    16x16 cell."""
+    count = int(rng.integers(objects[0], objects[1] + 1))
     cells = sorted(int(c) for c in rng.choice(GRID * GRID, size=count, replace=False))
     shapes = [SHAPES[int(i)] for i in rng.choice(len(SHAPES), size=count, replace=False)]
     objects = []
@@ -180,56 +181,52 @@ def chatter(template: str, colour: str, shape: str) -> str:
     return template.format(a="an" if colour[0] in "aeiou" else "a", colour=colour, shape=shape)
 
 
-def build_item(item_id: str, scene: Scene, targets: Sequence[int], rng: np.random.Generator, tokens: Tokens) -> Item:
-    """The monologue of `scene` with one probe per object at (at least) each target depth, in increasing order; the
-    objects are probed in a random order and chatter fills the gaps."""
-    order = [scene.objects[int(i)] for i in rng.permutation(len(scene.objects))]
+def build_item(item_id: str, scene: Scene, target: int, rng: np.random.Generator, tokens: Tokens) -> Item:
+    """The monologue of `scene`: chatter up to (at least) the `target` depth, then the probe of one object drawn at
+    random. Items have one probe each, so no earlier answer in the monologue narrows down a later one."""
+    obj = scene.objects[int(rng.integers(len(scene.objects)))]
     prompt = tokens.prompt_ids
     output: list[int] = []
     pieces: list[str] = []
-    positions, depths, shapes, answers = [], [], [], []
 
     def add(text: str) -> None:
         pieces.append(text)
         output.extend(tokens.encode(text))
 
-    for obj, target in zip(order, sorted(targets)):
-        prefix = PROBE_PREFIX.format(shape=obj.shape)
-        while len(output) + len(tokens.encode(prefix)) < target:
-            template = CHATTER[int(rng.integers(len(CHATTER)))]
-            colour = COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]
-            add(chatter(template, colour, SHAPES[int(rng.integers(len(SHAPES)))]))
-        add(prefix)
-        depths.append(len(output))
-        positions.append(len(prompt) + len(output))
-        shapes.append(obj.shape)
-        answers.append(tokens.single(PROBE_ANSWER.format(colour=obj.colour)))
-        add(PROBE_ANSWER.format(colour=obj.colour))
-        add(PROBE_END)
-    return Item(item_id, scene, prompt + output, len(prompt), positions, depths, shapes, answers, "".join(pieces))
+    prefix = PROBE_PREFIX.format(shape=obj.shape)
+    while len(output) + len(tokens.encode(prefix)) < target:
+        template = CHATTER[int(rng.integers(len(CHATTER)))]
+        colour = COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]
+        add(chatter(template, colour, SHAPES[int(rng.integers(len(SHAPES)))]))
+    add(prefix)
+    position = len(prompt) + len(output)
+    answer = PROBE_ANSWER.format(colour=obj.colour)
+    add(answer)
+    return Item(item_id, scene, prompt + output, len(prompt), position, obj.shape, tokens.single(answer), "".join(pieces))
 
 
-def probe_targets(
-    rng: np.random.Generator, count: int, depths: DepthRange | Sequence[tuple[int, int]], slack: int
-) -> list[int]:
-    """Target depths of `count` probes: uniform in a `DepthRange`, or one in each of `count` distinct bins, drawn so
-    that the probe, which lands up to `slack` tokens past its target, stays inside its bin."""
+def probe_target(rng: np.random.Generator, depths: DepthRange | Sequence[tuple[int, int]], index: int, slack: int) -> int:
+    """The target depth of item `index`: uniform in a `DepthRange`; for bins, items cycle through the bins (equal
+    counts) and the target is drawn so that the probe, which lands up to `slack` tokens past it, stays in its bin."""
     if isinstance(depths, DepthRange):
-        return sorted(int(d) for d in rng.integers(depths.low, depths.high + 1, size=count))
-    chosen = sorted(int(i) for i in rng.choice(len(depths), size=count, replace=False))
-    return [int(rng.integers(depths[i][0] + 1, depths[i][1] - slack + 1)) for i in chosen]
+        return int(rng.integers(depths.low, depths.high + 1))
+    low, high = depths[index % len(depths)]
+    return int(rng.integers(low + 1, high - slack + 1))
 
 
-def generate(split: str, n: int, seed: int, depths: DepthRange | Sequence[tuple[int, int]], tokens: Tokens) -> list[Item]:
-    """`n` items of `split`, deterministic in (split, n, seed, depths)."""
+def generate(
+    split: str, n: int, seed: int, depths: DepthRange | Sequence[tuple[int, int]], tokens: Tokens,
+    objects: tuple[int, int] = OBJECTS,
+) -> list[Item]:  # fmt: skip
+    """`n` items of `split`, deterministic in (split, n, seed, depths, objects)."""
     rng = split_rng(split, seed)
     items = []
     while len(items) < n:
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, objects)
         if scene_split(scene) != split:
             continue
-        targets = probe_targets(rng, len(scene.objects), depths, tokens.longest_chatter)
-        items.append(build_item(f"{split}-{len(items):05d}", scene, targets, rng, tokens))
+        target = probe_target(rng, depths, len(items), tokens.longest_chatter)
+        items.append(build_item(f"{split}-{len(items):05d}", scene, target, rng, tokens))
     return items
 
 
@@ -245,7 +242,7 @@ def items_digest(items: Sequence[Item]) -> str:
     """A short hash of the items (ids, token ids, probes): the same seed must give the same items."""
     digest = hashlib.sha256()
     for item in items:
-        digest.update(json.dumps([item.id, item.input_ids, item.probe_positions, item.probe_answers]).encode())
+        digest.update(json.dumps([item.id, item.input_ids, item.probe_position, item.probe_answer]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -270,33 +267,23 @@ class PixelCache:
 
 
 def collate(items: Sequence[Item], pixels: PixelCache, tokens: Tokens) -> dict:
-    """A right-padded batch: model inputs plus `probe_index` (batch row, position of the colour token), the colour
-    token ids and the probes' depths."""
+    """A right-padded batch: the model inputs, and per row the probe's position, colour token id and depth."""
     length = max(len(item.input_ids) for item in items)
     input_ids = torch.full((len(items), length), tokens.pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(items), length), dtype=torch.long)
-    rows, positions, answers, depths = [], [], [], []
-    values, grids = [], []
     for row, item in enumerate(items):
         input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
         attention_mask[row, : len(item.input_ids)] = 1
-        rows += [row] * len(item.probe_positions)
-        positions += item.probe_positions
-        answers += item.probe_answers
-        depths += item.probe_depths
-        pixel_values, grid = pixels(item.scene)
-        values.append(pixel_values)
-        grids.append(grid)
+    pixel_values, grids = zip(*(pixels(item.scene) for item in items))
     return {
         "inputs": {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "mm_token_type_ids": (input_ids == tokens.image_id).long(),
-            "pixel_values": torch.cat(values),
+            "pixel_values": torch.cat(pixel_values),
             "image_grid_thw": torch.cat(grids),
         },
-        "probe_rows": torch.tensor(rows),
-        "probe_positions": torch.tensor(positions),
-        "answers": torch.tensor(answers),
-        "depths": torch.tensor(depths),
+        "probe_positions": torch.tensor([item.probe_position for item in items]),
+        "answers": torch.tensor([item.probe_answer for item in items]),
+        "depths": torch.tensor([item.probe_depth for item in items]),
     }

@@ -30,20 +30,24 @@ class Schedule:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     record_every: int = 10  # gates and loss are recorded every this many steps
+    constant: bool = False  # a constant learning rate after the warmup (else cosine decay to 0)
 
     def learning_rate_at(self, step: int) -> float:
-        """Linear warmup, then cosine decay to 0."""
-        warmup = max(1, round(self.warmup_ratio * self.steps))
+        """Linear warmup, then cosine decay to 0 (or constant)."""
+        warmup = round(self.warmup_ratio * self.steps)
         if step < warmup:
             return self.learning_rate * (step + 1) / warmup
+        if self.constant:
+            return self.learning_rate
         progress = (step - warmup) / max(1, self.steps - warmup)
         return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def probe_logits(model, batch: dict) -> torch.Tensor:
-    """Next-token logits [probes, vocab] at the position before each probe's colour token."""
+    """Next-token logits [batch, vocab] at the position before each row's probe colour token."""
     hidden = model.model(**batch["inputs"]).last_hidden_state
-    return model.lm_head(hidden[batch["probe_rows"], batch["probe_positions"] - 1])
+    rows = torch.arange(hidden.shape[0])
+    return model.lm_head(hidden[rows, batch["probe_positions"] - 1])
 
 
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:

@@ -1,0 +1,160 @@
+"""From the runs of every (arm, seed) to `results.json`, `results.md` and the figures.
+
+`results.json` (read by scripts; the contract of issue 11):
+
+    {"arms": {arm: {"label", "by_position": [{"mean", "ci_low", "ci_high"}, ...], "per_seed": [[...], ...],
+                    "gates": {seed: {layer: value}}, "mechanism": {...}}},
+     "bins": [[low, high], ...], "seeds": [...],
+     "pvm_minus_control_longest": {"mean", "ci_low", "ci_high"},
+     "differences": {"pvm_minus_control": [...per bin...], ...},
+     "machine": {...}, "recipe": {...}, "wall_seconds": ..., "items": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pvm_qwen3vl.experiment import plots
+from pvm_qwen3vl.experiment.arms import ARMS
+from pvm_qwen3vl.experiment.measure import accuracy_matrix
+from pvm_qwen3vl.experiment.stats import Estimate, bootstrap, paired_difference
+
+COMPARISONS = (("pvm", "control"), ("mlp", "control"), ("hidden_states", "control"), ("pvm_grpo", "control"),
+               ("pvm", "mlp"), ("pvm", "base"), ("control", "base"))  # fmt: skip
+
+
+def machine() -> dict:
+    """The machine the numbers come from."""
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "load_average_1_5_15": [round(value, 2) for value in load] if load else None,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def seed_matrices(runs: dict[str, dict[int, dict]], seeds: list[int], bins) -> dict[str, np.ndarray]:
+    """arm -> [seeds, bins, items] correctness; an arm that does not depend on the seed (the base) has one seed row."""
+    matrices = {}
+    for arm, by_seed in runs.items():
+        rows = [accuracy_matrix(by_seed[seed]["records"], bins) for seed in seeds if seed in by_seed]
+        matrices[arm] = np.stack(rows)
+    return matrices
+
+
+def aggregate(runs: dict[str, dict[int, dict]], seeds: list[int], bins) -> dict:
+    """Means, intervals, per-seed values, gates and the mechanism per arm, and the paired differences."""
+    matrices = seed_matrices(runs, seeds, bins)
+    arms = {}
+    for arm, matrix in matrices.items():
+        by_seed = runs[arm]
+        mechanisms = [run["mechanism"] for run in by_seed.values() if run.get("mechanism")]
+        arms[arm] = {
+            "label": ARMS[arm].label,
+            "by_position": [bootstrap(matrix[:, b]).to_json() for b in range(len(bins))],
+            "per_seed": [[round(float(np.nanmean(matrix[s, b])), 4) for b in range(len(bins))] for s in range(len(matrix))],
+            "gates": {str(seed): run["gates"] for seed, run in by_seed.items() if run.get("gates")},
+            "mechanism": {
+                key: [float(np.nanmean([m[key][b] for m in mechanisms])) for b in range(len(bins))]
+                for key in (mechanisms[0] if mechanisms else {})
+            },
+            "train_seconds": {str(seed): run.get("train_seconds") for seed, run in by_seed.items()},
+        }
+    differences = {}
+    for a, b in COMPARISONS:
+        if a in matrices and b in matrices:
+            differences[f"{a}_minus_{b}"] = [
+                paired_difference(matrices[a][:, k], matrices[b][:, k]).to_json() for k in range(len(bins))
+            ]
+    longest = differences.get("pvm_minus_control", [None])[-1]
+    return {"arms": arms, "differences": differences, "pvm_minus_control_longest": longest}
+
+
+def training_logs(runs: dict[str, dict[int, dict]]) -> dict:
+    return {arm: {seed: run["log"] for seed, run in by_seed.items() if run.get("log")} for arm, by_seed in runs.items()}
+
+
+def write(out: Path, results: dict, runs: dict, train_depth: int) -> dict[str, Path]:
+    """results.json, results.md and the three figures."""
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "accuracy": plots.accuracy_by_depth(results, out / "accuracy_by_depth.png", train_depth),
+        "gates": plots.gate_trajectories(training_logs(runs), out / "gate_trajectories.png"),
+        "mechanism": plots.mechanism(results, out / "mechanism.png"),
+    }
+    results["figures"] = {name: path.name for name, path in figures.items()}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(markdown(results), encoding="utf-8")
+    return figures
+
+
+def _cell(value: dict) -> str:
+    return f"{value['mean']:.3f} [{value['ci_low']:.3f}, {value['ci_high']:.3f}]"
+
+
+def markdown(results: dict) -> str:
+    """The results as Markdown tables: accuracy by depth bin per arm, the differences, the gates, the machine."""
+    bins = [f"{low}-{high}" for low, high in results["bins"]]
+    lines = [
+        f"# PVM miniature replication: {results['name']}",
+        "",
+        f"Probe accuracy by depth of the probe in the output (tokens), mean [95% bootstrap CI over {len(results['seeds'])} "
+        f"seeds x {results['items']['eval_per_bin']} items per bin]. Training depth: up to {results['recipe']['train_depth']} tokens.",
+        "",
+        "| arm | " + " | ".join(bins) + " |",
+        "|---|" + "---|" * len(bins),
+    ]
+    for arm, values in results["arms"].items():
+        lines.append(f"| {values['label']} | " + " | ".join(_cell(v) for v in values["by_position"]) + " |")
+    lines += ["", "Paired differences (same seeds, same items):", "", "| difference | " + " | ".join(bins) + " |",
+              "|---|" + "---|" * len(bins)]  # fmt: skip
+    for name, values in results["differences"].items():
+        lines.append(f"| {name.replace('_minus_', ' - ')} | " + " | ".join(_cell(v) for v in values) + " |")
+    longest = results.get("pvm_minus_control_longest")
+    if longest:
+        verdict = "excludes 0" if longest["ci_low"] > 0 or longest["ci_high"] < 0 else "includes 0"
+        lines += ["", f"**PVM - control in the longest bin ({bins[-1]}): {_cell(longest)}** (the 95% CI {verdict})."]
+    gates = {arm: values["gates"] for arm, values in results["arms"].items() if values["gates"]}
+    if gates:
+        lines += ["", "Final gates (layer: value, per seed):", ""]
+        for arm, by_seed in gates.items():
+            text = "; ".join(
+                f"seed {seed}: " + ", ".join(f"{layer}: {value:+.3f}" for layer, value in layers.items())
+                for seed, layers in by_seed.items()
+            )
+            lines.append(f"- {arm}: {text}")
+    m = results["machine"]
+    lines += [
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs ({m['cpu_capability']}), {m['platform']}, torch {m['torch']}; "
+        f"{results['workers']} worker processes x 1 torch thread; load average at the start "
+        f"{results['load_average_start']}, at the end {m['load_average_1_5_15']}. Wall time {results['wall_seconds']:.0f} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def summary_line(name: str, estimate: Estimate | dict) -> str:
+    value = estimate.to_json() if isinstance(estimate, Estimate) else estimate
+    return f"{name}: {_cell(value)}"
