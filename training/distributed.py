@@ -2,19 +2,18 @@
 configs run on a machine without a GPU (the tests run them on CPU with 2 gloo processes).
 
 `accelerate launch --config_file training/accelerate/<config>.yaml` tells the script which engine to use through
-`ACCELERATE_USE_DEEPSPEED` / `ACCELERATE_USE_FSDP`. On CPU, accelerate 1.15 does not engage either by itself, and says
-nothing:
+`ACCELERATE_USE_DEEPSPEED` / `ACCELERATE_USE_FSDP`. On CPU (accelerate 1.15):
 
-- DeepSpeed is engaged only when the Trainer's state is built with `cpu=False` (`accelerate/state.py`,
-  `PartialState.__init__`: `if not cpu and self.backend != "xla": ... if ACCELERATE_USE_DEEPSPEED`), and with no
-  GPU a `cpu=False` state has no backend unless one is given. So on CPU: `--use_cpu false --ddp_backend gloo`.
-- FSDP is engaged only for accelerator devices (`accelerate/state.py`, `AcceleratorState.__init__`:
+- The process group needs `use_cpu: true`: with `use_cpu: false` and no GPU, accelerate's state has no backend
+  (`PartialState._prepare_backend`) and every rank counts itself as the only process. The tiny recipes set it;
+  `cpu_launch_arguments` adds it to a DeepSpeed or FSDP launch that does not say.
+- DeepSpeed is then engaged by the Trainer's `Accelerator` as on GPUs (gloo, DeepSpeed's CPU accelerator).
+- FSDP is not: accelerate enables it only for accelerator devices (`accelerate/state.py`, `AcceleratorState.__init__`:
   `elif self.distributed_type in [DistributedType.MULTI_GPU, ..., DistributedType.MULTI_NEURON]`, without
-  `MULTI_CPU`), although torch's `fully_shard` runs on CPU with gloo. `allow_fsdp_on_cpu` lets accelerate's own FSDP
-  path run there.
+  `MULTI_CPU`), although torch's `fully_shard` runs on CPU with gloo. The run would silently train as plain DDP;
+  `allow_fsdp_on_cpu` lets accelerate's own FSDP2 path run there.
 
-Without these, a CPU run launched with the ZeRO or FSDP config would silently train as plain DDP. `check_engaged`
-refuses any run whose engine is not the one the launch asked for.
+`check_engaged` refuses any run whose engine or process count is not the one the launch asked for.
 """
 
 from __future__ import annotations
@@ -47,27 +46,12 @@ def _value(argv: Sequence[str], flag: str) -> str | None:
 
 
 def cpu_launch_arguments(argv: Sequence[str]) -> list[str]:
-    """The command line plus what a DeepSpeed or FSDP launch needs on a machine without a GPU (see the module
-    docstring); unchanged on a GPU machine or for other launches. A `--use_cpu` that would drop the engine is
-    refused."""
+    """The command line plus `--use_cpu true` for a DeepSpeed or FSDP launch on a machine without a GPU that does not
+    set `--use_cpu` (see the module docstring); unchanged otherwise."""
     argv = list(argv)
-    engine = requested_engine()
-    if engine is None or torch.cuda.is_available():
+    if requested_engine() is None or torch.cuda.is_available() or _value(argv, "--use_cpu") is not None:
         return argv
-    use_cpu = _value(argv, "--use_cpu")
-    if engine == "deepspeed":
-        if use_cpu is not None and use_cpu.lower() in ("true", "1", "yes"):
-            raise ValueError(
-                "--use_cpu true under a DeepSpeed launch trains without DeepSpeed: accelerate engages DeepSpeed only "
-                "when use_cpu is false. Leave --use_cpu out (on a machine without a GPU, the run sets --use_cpu false "
-                "--ddp_backend gloo itself)."
-            )
-        argv += ["--use_cpu", "false"]
-        if _value(argv, "--ddp_backend") is None:
-            argv += ["--ddp_backend", "gloo"]
-    elif use_cpu is None:
-        argv += ["--use_cpu", "true"]
-    return argv
+    return [*argv, "--use_cpu", "true"]
 
 
 def allow_fsdp_on_cpu() -> bool:
@@ -96,7 +80,7 @@ def check_fsdp_loading(model) -> None:
     true`): accelerate 1.15 maps the Trainer's optimizer to the sharded parameters by `data_ptr()`
     (`Accelerator._prepare_fsdp2`), 0 for every meta tensor, so on this rank they would all map to one parameter and
     this rank's shards of the others would never train."""
-    if requested_engine() != "fsdp":
+    if requested_engine() != "fsdp" or os.environ.get("FSDP_VERSION", "1") != "2":  # FSDP1 builds its optimizer later
         return
     on_meta = [name for name, param in model.named_parameters() if param.requires_grad and param.device.type == "meta"]
     if on_meta:
@@ -123,13 +107,23 @@ def describe(trainer) -> str:
 
 
 def check_engaged(trainer) -> None:
-    """Refuse a run whose engine is not the one `accelerate launch` asked for (it would train as plain DDP)."""
+    """Refuse a run whose process count or engine is not the one the launch asked for (e.g. ranks that each train
+    alone, or a ZeRO/FSDP launch that would train as plain DDP)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if trainer.accelerator.num_processes != launched:
+        raise RuntimeError(
+            f"{launched} processes were launched, but each trains as {describe(trainer)}. On a machine without a GPU, "
+            "pass --use_cpu true (a gloo process group)."
+        )
     engine = requested_engine()
-    engaged = {"deepspeed": getattr(trainer, "is_deepspeed_enabled", False), "fsdp": getattr(trainer, "is_fsdp_enabled", False)}
+    engaged = {
+        "deepspeed": getattr(trainer, "is_deepspeed_enabled", False),
+        "fsdp": getattr(trainer, "is_fsdp_enabled", False),
+    }
     if engine is not None and not engaged[engine]:
         raise RuntimeError(
             f"accelerate launch asked for {engine}, but the run would train as {describe(trainer)}. On a machine "
-            "without a GPU, do not set use_cpu/ddp_backend for a DeepSpeed or FSDP launch: the run sets them."
+            "without a GPU, pass --use_cpu true."
         )
 
 
@@ -155,3 +149,11 @@ def gate_values(model) -> dict[int, float]:
             value = gate.detach()
         values[index] = float(value.float().reshape(-1)[0])
     return values
+
+
+def finish() -> None:
+    """Wait for every rank, then close the process group: a rank that exits while another still saves (rank 0 writes
+    the final checkpoint) can otherwise abort in gloo's teardown ("terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

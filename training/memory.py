@@ -128,7 +128,9 @@ class MemoryPlan:
         return self.peak <= (1 - RESERVE) * card_gb * GB
 
     def to_dict(self) -> dict:
-        values = {key: round(value / GB, 2) for key, value in asdict(self).items() if isinstance(value, float)}
+        values = {
+            key: round(value / GB, 2) for key, value in asdict(self).items() if key not in ("config", "processes")
+        }
         fits = {f"fits_{card}gb": self.fits(card) for card in CARDS_GB}
         return {"config": self.config, "processes": self.processes, **values, "peak": round(self.peak / GB, 2), **fits}
 
@@ -164,7 +166,9 @@ def generation_bytes(config: str, shapes: Shapes, work: Workload, processes: int
     if work.stage != "grpo" or work.generation_batch == 0:
         return 0.0
     w = work.weight_bytes
-    per_sequence = 2 * w * (shapes.layers * shapes.kv_width * work.sequence + shapes.pvm_layers * shapes.pvm_kv_width * work.memory_tokens)
+    text = shapes.layers * shapes.kv_width * work.sequence  # keys (= values) per sequence
+    memory = shapes.pvm_layers * shapes.pvm_kv_width * work.memory_tokens
+    per_sequence = 2 * w * (text + memory)
     gathered = w * shapes.parameters * (processes - 1) / processes if config == "zero3" else 0.0
     return work.generation_batch * per_sequence + gathered
 
@@ -172,11 +176,18 @@ def generation_bytes(config: str, shapes: Shapes, work: Workload, processes: int
 def plan_memory(shapes: Shapes, work: Workload, processes: int, configs=CONFIGS) -> list[MemoryPlan]:
     plans = []
     for config in configs:
-        parameters, gradients, optimizer = states_bytes(config, shapes, processes, work.weight_bytes, work.mixed_precision)
+        parameters, gradients, optimizer = states_bytes(
+            config, shapes, processes, work.weight_bytes, work.mixed_precision
+        )
         plans.append(
             MemoryPlan(
-                config, processes, parameters, gradients, optimizer,
-                activation_bytes(shapes, work), generation_bytes(config, shapes, work, processes),
+                config,
+                processes,
+                parameters,
+                gradients,
+                optimizer,
+                activation_bytes(shapes, work),
+                generation_bytes(config, shapes, work, processes),
             )  # fmt: skip
         )
     return plans

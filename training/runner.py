@@ -42,6 +42,7 @@ from pvm_qwen3vl.training.distributed import (
     check_fsdp_loading,
     cpu_launch_arguments,
     describe,
+    finish,
     gate_values,
 )
 from pvm_qwen3vl.training.model import apply_trainable, lora_config_for, verify_trainable
@@ -288,6 +289,7 @@ def run(stage: str, script_args, training_args, model_args, pvm_args, make_train
     else:
         _save_final(trainer, stage, script_args, training_args)
     trainer.end() if hasattr(trainer, "end") else None
+    finish()
     return metrics
 
 

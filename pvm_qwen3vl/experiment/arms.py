@@ -5,6 +5,7 @@
 | `base` | the plain Qwen3-VL base | nothing | - |
 | `control` | the plain Qwen3-VL base, no PVM | the language model (and LM head) | SFT |
 | `pvm` | base + PVM (cross-attention over the merger output) | PVM only (the paper's stage 1) | SFT |
+| `pvm_llm` | base + PVM | the language model and PVM: the control's training, with PVM added | SFT |
 | `mlp` | base + the iso-parameter MLP branch (`pvm_variant=mlp`, no visual input) | the branch only | SFT |
 | `hidden_states` | base + PVM reading the visual tokens' hidden states (`pvm_memory_source=hidden_states`) | PVM only | SFT |
 | `pvm_grpo` | the `pvm` arm's result | language model + PVM (the paper's stage 2) | GRPO |
@@ -40,6 +41,7 @@ ARMS = {
         Arm("base", "base (no training)", None, None),
         Arm("control", "control: SFT of the LLM, no PVM", None, "llm", "sft"),
         Arm("pvm", "PVM stage 1 (PVM only)", PVMArguments(), "pvm", "sft"),
+        Arm("pvm_llm", "PVM + LLM SFT (the control's training, with PVM)", PVMArguments(), "pvm+llm", "sft"),
         Arm("mlp", "iso-parameter MLP (no visual input)", PVMArguments(pvm_variant="mlp"), "pvm", "sft"),
         Arm("hidden_states", "PVM on hidden states", PVMArguments(pvm_memory_source="hidden_states"), "pvm", "sft"),
         Arm("pvm_grpo", "PVM stage 1 + GRPO (LLM + PVM)", None, "pvm+llm", "grpo", starts_from="pvm"),
@@ -75,21 +77,23 @@ def load_arm_model(arm: Arm, base: str, seed: int):
     return model
 
 
-def trainable_parameters(model, trainable: str) -> list[torch.nn.Parameter]:
-    """Freeze everything but the trainable set and return its parameters. 'llm': the language model and LM head (on a
-    plain or a PVM model; PVM weights excluded); 'pvm': the PVM branch; 'pvm+llm': both."""
+def trainable_groups(model, trainable: str) -> dict[str, list[torch.nn.Parameter]]:
+    """Freeze everything but the trainable set and return its parameters by group: "llm" (the language model and LM
+    head, PVM weights excluded; on a plain or a PVM model) and/or "pvm" (the PVM branch), as `trainable` says ('llm',
+    'pvm' or 'pvm+llm')."""
     if trainable not in TRAINABLE_SETS:
         raise ValueError(f"trainable set {trainable!r} is not one of {TRAINABLE_SETS}")
-    pvm = {id(param) for _, param in model.pvm_parameters()} if hasattr(model, "pvm_parameters") else set()
-    llm = [*model.model.language_model.parameters(), *model.lm_head.parameters()]
-    chosen = []
+    pvm = [param for _, param in model.pvm_parameters()] if hasattr(model, "pvm_parameters") else []
+    pvm_ids = {id(param) for param in pvm}
+    groups = {}
     if trainable in ("llm", "pvm+llm"):
-        chosen += [param for param in llm if id(param) not in pvm]
+        llm = [*model.model.language_model.parameters(), *model.lm_head.parameters()]
+        groups["llm"] = [param for param in llm if id(param) not in pvm_ids]
     if trainable in ("pvm", "pvm+llm"):
         if not pvm:
             raise ValueError(f"trainable set {trainable!r} needs a PVM model")
-        chosen += [param for _, param in model.pvm_parameters()]
-    keep = {id(param) for param in chosen}
+        groups["pvm"] = pvm
+    keep = {id(param) for params in groups.values() for param in params}
     for param in model.parameters():
         param.requires_grad_(id(param) in keep)
-    return chosen
+    return groups

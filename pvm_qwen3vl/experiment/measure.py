@@ -7,7 +7,9 @@
   - `pvm_target_attention`: PVM's cross-attention mass on the probed object's visual token (averaged over PVM layers
     and heads; cross-attention arms only);
   - `pvm_injection_norm`: the norm of the gated branch output `gate * PVM(h)` added to the residual stream (averaged
-    over PVM layers; PVM arms only).
+    over PVM layers; PVM arms only). The branch ends in an affine-free RMSNorm, so this is |gate| * sqrt(hidden) at
+    every position: what changes with depth is its direction, and its size relative to the residual stream,
+  - `pvm_injection_relative`: ||gate * PVM(h)|| / ||h||, h the branch's input (the residual after self-attention).
 
   Attention weights are read under the eager attention implementation (the model's own `output_attentions`, and a
   forward hook on each PVM layer's `pvm.cross_attn`, which returns `(output, attn_weights)`); the injection norm is a
@@ -70,13 +72,14 @@ def mechanism(
 ) -> dict[str, list[float]]:  # fmt: skip
     """Per depth bin, the means described in the module docstring (NaN where an arm has no such quantity)."""
     model.eval()
-    names = ("visual_share", "target_self_attention", "pvm_target_attention", "pvm_injection_norm")
+    names = ("visual_share", "target_self_attention", "pvm_target_attention", "pvm_injection_norm", "pvm_injection_relative")
     sums = {name: np.zeros(len(bins)) for name in names}
     counts = {name: np.zeros(len(bins)) for name in names}
     captured: dict[str, dict[int, torch.Tensor]] = {"cross": {}, "injection": {}}
     handles = []
     for index, layer in _pvm_layers(model).items():
-        handles.append(layer.pvm.register_forward_hook(lambda m, a, out, i=index: captured["injection"].__setitem__(i, out)))
+        hook = lambda m, args, out, i=index: captured["injection"].__setitem__(i, (args[0], out))  # noqa: E731
+        handles.append(layer.pvm.register_forward_hook(hook))
         if hasattr(layer.pvm, "cross_attn"):
             hook = lambda m, a, out, i=index: captured["cross"].__setitem__(i, out[1])  # noqa: E731
             handles.append(layer.pvm.cross_attn.register_forward_hook(hook))
@@ -104,13 +107,15 @@ def mechanism(
                         if weights:
                             values["pvm_target_attention"] = float(torch.stack(weights).mean())
                     if captured["injection"]:
-                        norms = []
-                        for output in captured["injection"].values():
-                            # The cross-attention branch returns only the text positions (visual ones are silenced),
-                            # the mlp variant every position.
+                        norms, relative = [], []
+                        for hidden, output in captured["injection"].values():
+                            # The cross-attention branch runs on the text positions only (visual ones are silenced),
+                            # the mlp variant on every position.
                             at = query if output.shape[1] == batch["inputs"]["input_ids"].shape[1] else text_index
                             norms.append(output[row, at].norm())
+                            relative.append(output[row, at].norm() / hidden[row, at].norm())
                         values["pvm_injection_norm"] = float(torch.stack(norms).mean())
+                        values["pvm_injection_relative"] = float(torch.stack(relative).mean())
                     bin_index = bin_of(item.probe_depth, bins)
                     for name, value in values.items():
                         sums[name][bin_index] += value

@@ -91,7 +91,7 @@ def mechanism(results: dict, path: Path) -> Path:
         ("target_self_attention", "self-attention mass on the probed object's token"),
         ("visual_share", "self-attention mass on all visual tokens (Ω_V)"),
         ("pvm_target_attention", "PVM cross-attention mass on the probed object's token"),
-        ("pvm_injection_norm", "norm of gate · PVM(h) at the probe"),
+        ("pvm_injection_relative", "||gate · PVM(h)|| / ||h|| at the probe"),
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.8))
     for ax, (key, title) in zip(axes, panels):

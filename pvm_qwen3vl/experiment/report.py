@@ -54,11 +54,11 @@ def machine() -> dict:
     }
 
 
-def seed_matrices(runs: dict[str, dict[int, dict]], seeds: list[int], bins) -> dict[str, np.ndarray]:
+def seed_matrices(runs: dict[str, dict[int, dict]], seeds: list[int], bins, key: str = "records") -> dict[str, np.ndarray]:
     """arm -> [seeds, bins, items] correctness; an arm that does not depend on the seed (the base) has one seed row."""
     matrices = {}
     for arm, by_seed in runs.items():
-        rows = [accuracy_matrix(by_seed[seed]["records"], bins) for seed in seeds if seed in by_seed]
+        rows = [accuracy_matrix(by_seed[seed][key], bins) for seed in seeds if seed in by_seed]
         matrices[arm] = np.stack(rows)
     return matrices
 
@@ -66,6 +66,7 @@ def seed_matrices(runs: dict[str, dict[int, dict]], seeds: list[int], bins) -> d
 def aggregate(runs: dict[str, dict[int, dict]], seeds: list[int], bins) -> dict:
     """Means, intervals, per-seed values, gates and the mechanism per arm, and the paired differences."""
     matrices = seed_matrices(runs, seeds, bins)
+    text = seed_matrices(runs, seeds, bins, "text_records")
     arms = {}
     for arm, matrix in matrices.items():
         by_seed = runs[arm]
@@ -74,9 +75,10 @@ def aggregate(runs: dict[str, dict[int, dict]], seeds: list[int], bins) -> dict:
             "label": ARMS[arm].label,
             "by_position": [bootstrap(matrix[:, b]).to_json() for b in range(len(bins))],
             "per_seed": [[round(float(np.nanmean(matrix[s, b])), 4) for b in range(len(bins))] for s in range(len(matrix))],
+            "text_by_position": [bootstrap(text[arm][:, b]).to_json() for b in range(len(bins))],
             "gates": {str(seed): run["gates"] for seed, run in by_seed.items() if run.get("gates")},
             "mechanism": {
-                key: [float(np.nanmean([m[key][b] for m in mechanisms])) for b in range(len(bins))]
+                key: [_mean([m[key][b] for m in mechanisms]) for b in range(len(bins))]
                 for key in (mechanisms[0] if mechanisms else {})
             },
             "train_seconds": {str(seed): run.get("train_seconds") for seed, run in by_seed.items()},
@@ -89,6 +91,12 @@ def aggregate(runs: dict[str, dict[int, dict]], seeds: list[int], bins) -> dict:
             ]
     longest = differences.get("pvm_minus_control", [None])[-1]
     return {"arms": arms, "differences": differences, "pvm_minus_control_longest": longest}
+
+
+def _mean(values: list[float]) -> float:
+    """Mean over seeds, NaN where no seed has a value (e.g. PVM's attention for an arm without PVM)."""
+    finite = [value for value in values if not np.isnan(value)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def training_logs(runs: dict[str, dict[int, dict]]) -> dict:
@@ -120,13 +128,19 @@ def markdown(results: dict) -> str:
         f"# PVM miniature replication: {results['name']}",
         "",
         f"Probe accuracy by depth of the probe in the output (tokens), mean [95% bootstrap CI over {len(results['seeds'])} "
-        f"seeds x {results['items']['eval_per_bin']} items per bin]. Training depth: up to {results['recipe']['train_depth']} tokens.",
+        f"seeds x {results['items']['eval_per_bin']} items per bin]; image probes (the colour of a shape of the picture). "
+        f"Training depth: up to {results['recipe']['train_depth']} tokens.",
         "",
         "| arm | " + " | ".join(bins) + " |",
         "|---|" + "---|" * len(bins),
     ]
-    for arm, values in results["arms"].items():
+    for values in results["arms"].values():
         lines.append(f"| {values['label']} | " + " | ".join(_cell(v) for v in values["by_position"]) + " |")
+    lines += ["", f"Text probes (the colour of an imagined thing named earlier in the monologue; "
+              f"{results['items']['text_eval_per_bin']} items per bin):", "",
+              "| arm | " + " | ".join(bins) + " |", "|---|" + "---|" * len(bins)]  # fmt: skip
+    for values in results["arms"].values():
+        lines.append(f"| {values['label']} | " + " | ".join(_cell(v) for v in values["text_by_position"]) + " |")
     lines += ["", "Paired differences (same seeds, same items):", "", "| difference | " + " | ".join(bins) + " |",
               "|---|" + "---|" * len(bins)]  # fmt: skip
     for name, values in results["differences"].items():

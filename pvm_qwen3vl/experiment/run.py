@@ -42,20 +42,32 @@ class ExperimentRecipe:
     data_seed: int = field(default=0, metadata={"help": "seed of the training and evaluation items' streams"})
     n_train: int = field(default=2000, metadata={"help": "training items"})
     train_depth: int = field(default=128, metadata={"help": "training probes lie at depths 0..train_depth tokens"})
-    eval_per_bin: int = field(default=100, metadata={"help": "evaluation items per depth bin"})
+    train_text_share: float = field(default=0.5, metadata={"help": "share of text probes among the training items"})
+    eval_per_bin: int = field(default=100, metadata={"help": "evaluation items per depth bin (image probes)"})
+    text_eval_per_bin: int = field(default=40, metadata={"help": "text-probe evaluation items per depth bin"})
     eval_bins: list[int] = field(
         default_factory=lambda: [0, 32, 64, 128, 256, 512], metadata={"help": "edges of the evaluation depth bins"}
     )
     mechanism_per_bin: int = field(default=16, metadata={"help": "items per bin on which attention is measured"})
+    eval_split: str = field(
+        default="eval", metadata={"help": "split scored: eval (the results), or dev (for choosing settings)", "choices": ["eval", "dev"]}
+    )
     steps: int = field(default=300, metadata={"help": "SFT steps (every SFT arm)"})
     batch_size: int = field(default=16, metadata={"help": "SFT batch size"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "linear warmup share of the steps"})
-    control_learning_rate: float = field(default=1e-3, metadata={"help": "peak LR of the control (LLM SFT)"})
-    pvm_learning_rate: float = field(default=3e-3, metadata={"help": "peak LR of the branch arms (pvm, mlp, hidden_states)"})
+    control_learning_rate: float = field(default=1e-3, metadata={"help": "peak LR of the language model when it trains (control, pvm_llm)"})
+    pvm_learning_rate: float = field(default=3e-3, metadata={"help": "peak LR of a PVM branch (pvm, pvm_llm, mlp, hidden_states)"})
     grpo_steps: int = field(default=100, metadata={"help": "GRPO steps (pvm_grpo)"})
     grpo_learning_rate: float = field(default=1e-4, metadata={"help": "GRPO LR (constant, no warmup, as the paper)"})
     grpo_group_size: int = field(default=8, metadata={"help": "completions sampled per probe"})
     grpo_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of GRPO"})
+
+    def __post_init__(self):
+        if self.eval_split not in ("eval", "dev"):
+            raise ValueError(f"eval_split must be 'eval' or 'dev', got {self.eval_split!r}")
+        if not self.seeds:
+            raise ValueError("seeds: give at least one seed")
+        self.bins  # noqa: B018  (checks the edges)
 
     @property
     def bins(self) -> list[tuple[int, int]]:
@@ -63,9 +75,6 @@ class ExperimentRecipe:
         if len(edges) < 2 or edges != sorted(set(edges)):
             raise ValueError(f"eval_bins must be increasing edges such as 0 32 64 128 256 512, got {edges}")
         return list(zip(edges[:-1], edges[1:]))
-
-    def learning_rate(self, arm: str) -> float:
-        return self.control_learning_rate if arm == "control" else self.pvm_learning_rate
 
 
 @dataclass
@@ -112,27 +121,47 @@ class Workbench:
         from pvm_qwen3vl.experiment import task
 
         self.base = resolve_base(recipe.base)
-        processor = load_processor(self.base)
+        self.processor = processor = load_processor(self.base)
         self.tokens, self.pixels = task.Tokens(processor), task.PixelCache(processor)
-        self.train = task.generate("train", recipe.n_train, recipe.data_seed, task.DepthRange(0, recipe.train_depth), self.tokens)
-        self.eval = task.generate("eval", recipe.eval_per_bin * len(recipe.bins), recipe.data_seed, recipe.bins, self.tokens)
-        # Eval items cycle through the bins, so the first items cover every bin equally.
-        self.mechanism = self.eval[: recipe.mechanism_per_bin * len(recipe.bins)]
+        depths, bins = task.DepthRange(0, recipe.train_depth), recipe.bins
+        self.train = task.generate("train", recipe.n_train, recipe.data_seed, depths, self.tokens, text_share=recipe.train_text_share)
+        # Image probes (the measure) and text probes (a check that reading the monologue still works), each from its
+        # own stream of the eval split. Eval items cycle through the bins, so the first ones cover every bin equally.
+        split = recipe.eval_split
+        self.eval = task.generate(split, recipe.eval_per_bin * len(bins), recipe.data_seed, bins, self.tokens)
+        self.text_eval = task.generate(
+            split, recipe.text_eval_per_bin * len(bins), recipe.data_seed, bins, self.tokens, text_share=1.0, stream=1
+        )
+        self.mechanism = self.eval[: recipe.mechanism_per_bin * len(bins)]
 
 
 _BENCH: dict[str, Workbench] = {}
 
 
-def run_job(recipe: ExperimentRecipe, chain: list[str], seed: int, out: str) -> list[dict]:
-    """Train, score and measure the arms of `chain` in order (each continuing the previous one's model) at `seed`;
-    write and return one record per arm."""
+def run_job(recipe: ExperimentRecipe, chain: list[str], seed: int, out: str, save_arms: tuple[str, ...] = ()) -> list[dict]:
+    """Train, score and measure the arms of `chain` in order (each continuing the previous one's model) at `seed` on
+    one torch thread; write and return one record per arm, and save the models of `save_arms`."""
     import torch
+    from transformers.utils import logging as transformers_logging
 
+    threads, verbosity = torch.get_num_threads(), transformers_logging.get_verbosity()
+    torch.set_num_threads(1)
+    transformers_logging.set_verbosity_error()  # loading reports and progress bars, once per arm: noise here
+    transformers_logging.disable_progress_bar()
+    try:
+        return _run_chain(recipe, chain, seed, Path(out), save_arms)
+    finally:
+        torch.set_num_threads(threads)
+        transformers_logging.set_verbosity(verbosity)
+        transformers_logging.enable_progress_bar()
+
+
+def _run_chain(recipe: ExperimentRecipe, chain: list[str], seed: int, out: Path, save_arms) -> list[dict]:
+    from pvm_qwen3vl.checkpoints import save_checkpoint
     from pvm_qwen3vl.experiment import measure
-    from pvm_qwen3vl.experiment.arms import ARMS, load_arm_model, trainable_parameters
+    from pvm_qwen3vl.experiment.arms import ARMS, load_arm_model, trainable_groups
     from pvm_qwen3vl.experiment.train import Schedule, pvm_gates, train_grpo, train_sft
 
-    torch.set_num_threads(1)
     key = json.dumps(asdict(recipe), sort_keys=True)
     if key not in _BENCH:  # a worker process builds the items once and reuses them for its later jobs
         _BENCH[key] = Workbench(recipe)
@@ -144,13 +173,15 @@ def run_job(recipe: ExperimentRecipe, chain: list[str], seed: int, out: str) -> 
         model = load_arm_model(arm, bench.base, seed) if arm.starts_from is None else model
         log = None
         if arm.stage == "sft":
-            schedule = Schedule(recipe.steps, recipe.batch_size, recipe.learning_rate(name), recipe.warmup_ratio)
-            parameters = trainable_parameters(model, arm.trainable)
-            log = train_sft(model, parameters, bench.train, bench.tokens, bench.pixels, schedule, seed)
+            schedule = Schedule(recipe.steps, recipe.batch_size, recipe.pvm_learning_rate, recipe.warmup_ratio)
+            # The language model always trains at the control's learning rate, a PVM branch at the branch's.
+            lr = {"llm": recipe.control_learning_rate, "pvm": recipe.pvm_learning_rate}
+            groups = [{"params": params, "lr": lr[group]} for group, params in trainable_groups(model, arm.trainable).items()]
+            log = train_sft(model, groups, bench.train, bench.tokens, bench.pixels, schedule, seed)
         elif arm.stage == "grpo":
             # the paper's stage 2: a constant learning rate, no warmup
             schedule = Schedule(recipe.grpo_steps, recipe.batch_size, recipe.grpo_learning_rate, 0.0, constant=True)
-            parameters = trainable_parameters(model, arm.trainable)
+            parameters = [p for params in trainable_groups(model, arm.trainable).values() for p in params]
             log = train_grpo(
                 model, parameters, bench.train, bench.tokens, bench.pixels, schedule, seed,
                 group_size=recipe.grpo_group_size, temperature=recipe.grpo_temperature,
@@ -160,13 +191,16 @@ def run_job(recipe: ExperimentRecipe, chain: list[str], seed: int, out: str) -> 
             "arm": name,
             "seed": seed,
             "records": measure.score_probes(model, bench.eval, bench.tokens, bench.pixels),
+            "text_records": measure.score_probes(model, bench.text_eval, bench.tokens, bench.pixels),
             "mechanism": measure.mechanism(model, bench.mechanism, bench.tokens, bench.pixels, recipe.bins),
             "gates": {str(layer): round(value, 6) for layer, value in pvm_gates(model).items()},
             "log": log.to_json() if log else None,
             "train_seconds": round(trained - start, 1),
             "eval_seconds": round(time.perf_counter() - trained, 1),
         }
-        path = Path(out) / "runs" / f"{name}-seed{seed}.json"
+        if name in save_arms:
+            save_checkpoint(model, out / "models" / f"{name}-seed{seed}", processor=bench.processor)
+        path = out / "runs" / f"{name}-seed{seed}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record) + "\n", encoding="utf-8")
         records.append(record)
@@ -199,15 +233,26 @@ def _done(out: Path, chain: list[str], seed: int) -> list[dict] | None:
     return None
 
 
-def experiment(recipe: ExperimentRecipe, out: str | Path, workers: int = 2, name: str | None = None) -> dict:
-    """Run (or resume) every job, then write results.json, results.md and the figures under `out`."""
+def experiment(
+    recipe: ExperimentRecipe, out: str | Path, workers: int = 2, name: str | None = None,
+    save_arms: list[str] | tuple[str, ...] = (), fresh: bool = False,
+) -> dict:  # fmt: skip
+    """Run (or resume) every job, then write results.json, results.md and the figures under `out`. `save_arms`: arms
+    whose trained models are saved under `out/models/<arm>-seed<seed>`. `fresh`: discard the finished jobs of an
+    earlier run of this recipe in `out` instead of resuming them."""
+    import shutil
+
     from tqdm.auto import tqdm
 
     from pvm_qwen3vl.experiment import report
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     settings = out / "recipe.json"
+    if fresh and settings.is_file():
+        for folder in ("runs", "models"):
+            shutil.rmtree(out / folder, ignore_errors=True)
+        settings.unlink()
+    out.mkdir(parents=True, exist_ok=True)
     if settings.is_file() and json.loads(settings.read_text()) != asdict(recipe):
         raise ValueError(f"{out} holds runs of another recipe ({settings}); use another --out or delete that folder.")
     settings.write_text(json.dumps(asdict(recipe), indent=2) + "\n", encoding="utf-8")
@@ -225,14 +270,17 @@ def experiment(recipe: ExperimentRecipe, out: str | Path, workers: int = 2, name
     with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="experiment jobs", unit="job") as bar:
         if workers <= 1:
             for chain, seed in pending:
-                results += run_job(recipe, chain, seed, str(out))
+                results += run_job(recipe, chain, seed, str(out), tuple(save_arms))
                 bar.update()
         else:
             import multiprocessing
 
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(run_job, recipe, chain, seed, str(out)): (chain, seed) for chain, seed in pending}
+                futures = {
+                    pool.submit(run_job, recipe, chain, seed, str(out), tuple(save_arms)): (chain, seed)
+                    for chain, seed in pending
+                }
                 for future in as_completed(futures):
                     results += future.result()
                     chain, seed = futures[future]
@@ -250,7 +298,8 @@ def experiment(recipe: ExperimentRecipe, out: str | Path, workers: int = 2, name
         "bins": [list(pair) for pair in recipe.bins],
         "seeds": list(recipe.seeds),
         "recipe": asdict(recipe),
-        "items": {"train": recipe.n_train, "eval_per_bin": recipe.eval_per_bin, "mechanism_per_bin": recipe.mechanism_per_bin},
+        "items": {"train": recipe.n_train, "eval_per_bin": recipe.eval_per_bin, "text_eval_per_bin": recipe.text_eval_per_bin,
+                  "mechanism_per_bin": recipe.mechanism_per_bin},  # fmt: skip
         "workers": workers,
         "load_average_start": load_start,
         "wall_seconds": round(time.perf_counter() - start, 1),

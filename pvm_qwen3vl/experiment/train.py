@@ -32,15 +32,18 @@ class Schedule:
     record_every: int = 10  # gates and loss are recorded every this many steps
     constant: bool = False  # a constant learning rate after the warmup (else cosine decay to 0)
 
-    def learning_rate_at(self, step: int) -> float:
-        """Linear warmup, then cosine decay to 0 (or constant)."""
+    def factor_at(self, step: int) -> float:
+        """The share of the peak learning rate at `step`: linear warmup, then cosine decay to 0 (or constant)."""
         warmup = round(self.warmup_ratio * self.steps)
         if step < warmup:
-            return self.learning_rate * (step + 1) / warmup
+            return (step + 1) / warmup
         if self.constant:
-            return self.learning_rate
+            return 1.0
         progress = (step - warmup) / max(1, self.steps - warmup)
-        return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def learning_rate_at(self, step: int) -> float:
+        return self.learning_rate * self.factor_at(step)
 
 
 def probe_logits(model, batch: dict) -> torch.Tensor:
@@ -83,9 +86,21 @@ class TrainingLog:
         }
 
 
+def param_groups(parameters, learning_rate: float) -> list[dict]:
+    """AdamW parameter groups with their peak learning rates: `parameters` is a list of parameters (all at
+    `learning_rate`) or of groups `{"params": [...], "lr": peak}`; frozen parameters and empty groups are left out."""
+    parameters = list(parameters)
+    groups = parameters if parameters and isinstance(parameters[0], dict) else [{"params": parameters, "lr": learning_rate}]
+    groups = [{"params": [p for p in g["params"] if p.requires_grad], "lr": g["lr"]} for g in groups]
+    groups = [group for group in groups if group["params"]]
+    if not groups:
+        raise ValueError("nothing to train: the trainable set has no parameters")
+    return groups
+
+
 def _run(
     model,
-    parameters: Sequence[torch.nn.Parameter],
+    parameters: Sequence,
     items: Sequence[Item],
     tokens: Tokens,
     pixels: PixelCache,
@@ -94,16 +109,16 @@ def _run(
     step_loss: Callable[[dict, torch.Generator], torch.Tensor],
     progress: Callable[[int], None] | None = None,
 ) -> TrainingLog:
-    parameters = [param for param in parameters if param.requires_grad]
-    if not parameters:
-        raise ValueError("nothing to train: the trainable set has no parameters")
-    optimizer = torch.optim.AdamW(parameters, lr=schedule.learning_rate, weight_decay=schedule.weight_decay)
+    groups = param_groups(parameters, schedule.learning_rate)
+    peaks = [group["lr"] for group in groups]
+    optimizer = torch.optim.AdamW(groups, weight_decay=schedule.weight_decay)
+    trained = [param for group in groups for param in group["params"]]
     sampler = torch.Generator().manual_seed(seed + 1)
     log = TrainingLog([], [], [])
     model.train()
     for step, indices in enumerate(batch_order(len(items), schedule.batch_size, schedule.steps, seed)):
-        for group in optimizer.param_groups:
-            group["lr"] = schedule.learning_rate_at(step)
+        for group, peak in zip(optimizer.param_groups, peaks):
+            group["lr"] = peak * schedule.factor_at(step)
         if step % schedule.record_every == 0:
             log.steps.append(step)
             log.gates.append(pvm_gates(model))
@@ -111,7 +126,7 @@ def _run(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if schedule.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(parameters, schedule.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(trained, schedule.max_grad_norm)
         optimizer.step()
         if step % schedule.record_every == 0:
             log.losses.append(float(loss.detach()))
@@ -125,7 +140,7 @@ def _run(
 
 
 def train_sft(model, parameters, items, tokens, pixels, schedule: Schedule, seed: int, progress=None) -> TrainingLog:
-    """Supervised fine-tuning on the probes' colour tokens."""
+    """Supervised fine-tuning on the probes' colour tokens. `parameters`: see `param_groups`."""
 
     def step_loss(batch: dict, _: torch.Generator) -> torch.Tensor:
         return F.cross_entropy(probe_logits(model, batch), batch["answers"])

@@ -8,6 +8,11 @@ belongs to the stage's parser):
 - `PVM_TEST_GENERATION_DUMP=PATH` (GRPO): at the first generation, inside the trainer's own generation context, also
   generate greedily with and without the cache and save the prompts and both outputs to PATH.rank{N}.pt.
 
+- `PVM_TEST_MEMORY_LOG=PATH`: each rank writes PATH.rank{N}.json: its resident memory (RSS) before the model loads,
+  after it loads, at the start of training and after each optimizer step, its peak RSS, and the memory plan's
+  per-GPU figures for this run (`pvm_qwen3vl.training.memory`, with this launch's process count), to check the
+  formula against what the processes hold.
+
     accelerate launch --config_file training/accelerate/deepspeed_zero3.yaml tests/helpers/launch_stage.py grpo ...
 
 (It lives in its own folder: run as a script, its folder comes first on sys.path, and `tests/` holds a `vllm`
@@ -67,12 +72,84 @@ def install_generation_dump(path: str) -> None:
     PVMQwen3VLForConditionalGeneration.generate = dumping_generate
 
 
+def rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def install_memory_log(path: str) -> None:
+    import json
+
+    from transformers import TrainerCallback
+
+    import pvm_qwen3vl.training.runner as runner
+    from pvm_qwen3vl.training.memory import plan_memory, shapes_of, workload_of
+
+    record = {"rss": {}}
+    prepare = runner.prepare
+
+    def measured_prepare(stage, script_args, training_args, model_args, pvm_args):
+        record["rss"]["before_load"] = rss_bytes()
+        prepared = prepare(stage, script_args, training_args, model_args, pvm_args)
+        record["rss"]["loaded"] = rss_bytes()
+        shapes = shapes_of(prepared.model)
+        work = workload_of(stage, prepared.mode, shapes, training_args, model_args)
+        engine = os.environ.get("PVM_TEST_ENGINE", "ddp")
+        plan = plan_memory(shapes, work, training_args.world_size, configs=[engine])[0]
+        record.update(engine=engine, shapes=shapes.__dict__, workload=work.__dict__, plan=plan.to_dict())
+        record["plan_bytes"] = {
+            key: getattr(plan, key) for key in ("parameters", "gradients", "optimizer", "activations")
+        }
+        return prepared
+
+    class MemoryLog(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            record["rss"]["train_begin"] = rss_bytes()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            record["rss"][f"step_{state.global_step}"] = rss_bytes()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            record["rss"]["peak"] = peak_rss_bytes()
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            with open(f"{path}.rank{rank}.json", "w", encoding="utf-8") as file:
+                json.dump(record, file, indent=1, default=str)
+
+    timer = runner.StepTimerCallback
+
+    class TimerWithMemoryLog(timer):  # the runner adds its step timer to every run: ride along
+        def __init__(self):
+            super().__init__()
+            self.memory = MemoryLog()
+
+        def on_train_begin(self, *args, **kwargs):
+            self.memory.on_train_begin(*args, **kwargs)
+
+        def on_step_end(self, *args, **kwargs):
+            super().on_step_end(*args, **kwargs)
+            self.memory.on_step_end(*args, **kwargs)
+
+        def on_train_end(self, *args, **kwargs):
+            self.memory.on_train_end(*args, **kwargs)
+
+    runner.prepare = measured_prepare
+    runner.StepTimerCallback = TimerWithMemoryLog
+
+
 def main() -> int:
     stage, argv = sys.argv[1], sys.argv[2:]
     if os.environ.get("PVM_TEST_FIXED_ROLLOUTS") == "1":
         install_fixed_rollouts()
     if os.environ.get("PVM_TEST_GENERATION_DUMP"):
         install_generation_dump(os.environ["PVM_TEST_GENERATION_DUMP"])
+    if os.environ.get("PVM_TEST_MEMORY_LOG"):
+        install_memory_log(os.environ["PVM_TEST_MEMORY_LOG"])
     from pvm_qwen3vl.training import grpo, sft
     from pvm_qwen3vl.training.runner import cli
 

@@ -1,6 +1,7 @@
-"""vLLM tests: they run from the main venv's pytest and drive `.venv-vllm/bin/python` in subprocesses, so the main
-suite never imports vLLM (it needs torch 2.13 and transformers < 5.20). Every test here is marked `vllm` and skips,
-with the reason, when `.venv-vllm` does not exist (`make vllm-env` creates it)."""
+"""Tests of the vLLM backend. They run from the main venv's pytest and drive `.venv-vllm/bin/python` in subprocesses,
+so the main suite never imports vLLM (it needs torch 2.13 and transformers < 5.20). The tests that need vLLM are
+marked `vllm` (`make test-vllm`; `make test` deselects them) and skip, with the reason, when `.venv-vllm` does not
+exist (`make vllm-env` creates it)."""
 
 from __future__ import annotations
 

@@ -55,8 +55,9 @@ def test_chunked_prefill_and_preemption_match_transformers(reference, chunked_en
 
 
 def test_prefix_cache_was_hit_with_the_same_image(default_engine):
-    first, second, third = (output["num_cached_tokens"] for output in default_engine["prefix_cache_same_image"])
-    assert first == 0 and second >= 32 and third >= 32  # whole 32-token blocks, image tokens included
+    # The first request may already hit blocks that the batch case left (same image); the repeats must.
+    _, second, third = (output["num_cached_tokens"] for output in default_engine["prefix_cache_same_image"])
+    assert second >= 32 and third >= 32  # whole 32-token blocks, image tokens included
     assert default_engine["_engine"]["prefix_cache_hits"] > 0
 
 
