@@ -1,23 +1,21 @@
 """Presets, models and inputs of `pvm-qwen3vl bench`: base Qwen3-VL and its PVM version, with random weights.
 
-The two models share one set of weights (the base's tensors are the PVM model's, minus the PVM branch), and every
-PVM gate is open, so no shortcut can hide the cost of the branch. The vision tower is tiny and runs once per input
-outside the timed region: both models are given the same precomputed visual features (`mm_encoder_outputs`), so the
-figures compare the language models only, which is where PVM lives (a real vision tower would add the same time to
-both and only dilute the ratios).
+The two models share every tensor they have in common, and every PVM gate is open, so no shortcut can hide the cost
+of the branch. The vision tower is tiny and runs once per input, outside the timings: both models get the same
+precomputed visual features (`mm_encoder_outputs`), so the figures compare the language models, where PVM lives.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import torch
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from configuration_pvm_qwen3vl import PVMQwen3VLConfig
-from modeling_pvm_qwen3vl import PVMQwen3VLForConditionalGeneration, PVMQwen3VLTextDecoderLayer
+from modeling_pvm_qwen3vl import PVMQwen3VLForConditionalGeneration
 
 PATCH_SIZE = 16  # Qwen3-VL's vision patch; one merged visual token covers 2x2 patches
 MERGE_SIZE = 2
@@ -48,7 +46,6 @@ class Preset:
     tie_word_embeddings: bool = False
     dtype: str = "float32"
     device: str = "cpu"
-    description: str = ""
     deepstack_levels: int = 3  # Qwen3-VL adds three DeepStack feature levels to the first decoder layers
 
     @property
@@ -59,12 +56,27 @@ class Preset:
     def prompt_tokens(self) -> int:
         return self.text_before + 2 + self.visual_tokens + self.text_after  # + vision_start, vision_end
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
-
-_PRESETS = {
-    "smoke": Preset(
+QWEN3_VL_4B = Preset(  # the language model's shapes, bf16, for a GPU
+    name="qwen3-vl-4b",
+    hidden_size=2560,
+    num_layers=36,
+    intermediate_size=9728,
+    num_heads=32,
+    num_kv_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+    pvm_latent=512,
+    pvm_layers=(5, 11, 17),
+    image_side=32,  # 1024 visual tokens
+    new_tokens=64,
+    train_image_side=32,
+    tie_word_embeddings=True,
+    dtype="bfloat16",
+    device="cuda",
+)
+PRESETS = {
+    "smoke": Preset(  # tiny shapes for CI: checks that the benchmark runs, measures nothing
         name="smoke",
         hidden_size=64,
         num_layers=2,
@@ -83,9 +95,8 @@ _PRESETS = {
         train_image_side=2,
         train_steps=1,
         deepstack_levels=1,
-        description="tiny shapes for CI: checks that the benchmark runs, measures nothing",
     ),
-    "cpu-mid": Preset(
+    "cpu-mid": Preset(  # mid-size shapes that run on a CPU (fp32)
         name="cpu-mid",
         hidden_size=1024,
         num_layers=8,
@@ -97,82 +108,36 @@ _PRESETS = {
         pvm_latent=256,
         pvm_layers=(2, 5),
         image_side=28,  # 784 visual tokens
-        description="mid-size shapes that run on a CPU (fp32)",
     ),
-    "qwen3-vl-4b": Preset(
-        name="qwen3-vl-4b",
-        hidden_size=2560,
-        num_layers=36,
-        intermediate_size=9728,
-        num_heads=32,
-        num_kv_heads=8,
-        head_dim=128,
-        vocab_size=151936,
-        pvm_latent=512,
-        pvm_layers=(5, 11, 17),
-        image_side=32,  # 1024 visual tokens
-        new_tokens=64,
-        train_image_side=32,
-        tie_word_embeddings=True,
-        dtype="bfloat16",
-        device="cuda",
-        description="Qwen3-VL-4B language-model shapes, bf16, for a GPU",
-    ),
-    "qwen3-vl-8b": Preset(
+    "qwen3-vl-4b": QWEN3_VL_4B,
+    "qwen3-vl-8b": dataclasses.replace(
+        QWEN3_VL_4B,
         name="qwen3-vl-8b",
         hidden_size=4096,
-        num_layers=36,
         intermediate_size=12288,
-        num_heads=32,
-        num_kv_heads=8,
-        head_dim=128,
-        vocab_size=151936,
-        pvm_latent=512,
         pvm_layers=(8, 16, 24),
-        image_side=32,
-        new_tokens=64,
-        train_image_side=32,
-        dtype="bfloat16",
-        device="cuda",
-        description="Qwen3-VL-8B language-model shapes, bf16, for a GPU",
+        tie_word_embeddings=False,
     ),
 }
-PRESETS = MappingProxyType(_PRESETS)
 
 
 def get_preset(name: str, **overrides) -> Preset:
-    """A named preset, with fields replaced by `overrides` (those that are not None)."""
+    """A named preset, with the fields in `overrides` that are not None replaced (lists become tuples)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)} or 'custom'")
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    return dataclasses.replace(PRESETS[name], **overrides)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Configurations and models
-# ----------------------------------------------------------------------------------------------------------------------
+    overrides = {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
+    return dataclasses.replace(PRESETS[name], **{key: value for key, value in overrides.items() if value is not None})
 
 
 def special_token_ids(preset: Preset) -> dict[str, int]:
     """The special tokens sit at the top of the vocabulary; ordinary text is drawn below them."""
-    top = preset.vocab_size
-    return {
-        "image_token_id": top - 1,
-        "video_token_id": top - 2,
-        "vision_start_token_id": top - 3,
-        "vision_end_token_id": top - 4,
-    }
-
-
-def _mrope_section(head_dim: int) -> list[int]:
-    """An interleaved M-RoPE split of head_dim/2 frequencies, as Qwen3-VL's [24, 20, 20] is for head_dim 128."""
-    spatial = (head_dim // 2) * 5 // 16
-    return [head_dim // 2 - 2 * spatial, spatial, spatial]
+    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    return {name: preset.vocab_size - 1 - index for index, name in enumerate(names)}
 
 
 def base_config(preset: Preset) -> Qwen3VLConfig:
     """The base Qwen3-VL configuration of a preset: its language model, and a tiny vision tower."""
-    top = preset.vocab_size
+    spatial = (preset.head_dim // 2) * 5 // 16  # interleaved M-RoPE, as Qwen3-VL's [24, 20, 20] is for head_dim 128
     text_config = {
         "vocab_size": preset.vocab_size,
         "hidden_size": preset.hidden_size,
@@ -185,13 +150,13 @@ def base_config(preset: Preset) -> Qwen3VLConfig:
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 5_000_000.0,
-            "mrope_section": _mrope_section(preset.head_dim),
+            "mrope_section": [preset.head_dim // 2 - 2 * spatial, spatial, spatial],
             "mrope_interleaved": True,
         },
         "tie_word_embeddings": preset.tie_word_embeddings,
-        "bos_token_id": top - 5,
-        "eos_token_id": top - 6,
-        "pad_token_id": top - 7,
+        "bos_token_id": preset.vocab_size - 5,
+        "eos_token_id": preset.vocab_size - 6,
+        "pad_token_id": preset.vocab_size - 7,
     }
     vision_config = {
         "depth": preset.deepstack_levels,
@@ -227,20 +192,15 @@ class ModelPair:
     base: Qwen3VLForConditionalGeneration
     pvm: PVMQwen3VLForConditionalGeneration
     device: torch.device
-    dtype: torch.dtype
     info: dict = field(default_factory=dict)
 
 
-def build_models(
-    preset: Preset, device: torch.device, dtype: torch.dtype, gate: float = 1.0, seed: int = 0, attn: str = "sdpa"
-) -> ModelPair:
+def build_models(preset: Preset, device: torch.device, dtype: torch.dtype, gate: float = 1.0, seed: int = 0) -> ModelPair:
     """Random PVM model (seeded), gates set to `gate`, and the stock base model on the very same tensors."""
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        pvm = PVMQwen3VLForConditionalGeneration._from_config(
-            pvm_config(preset), attn_implementation=attn, dtype=dtype
-        )
-        base = Qwen3VLForConditionalGeneration._from_config(base_config(preset), attn_implementation=attn, dtype=dtype)
+        pvm = PVMQwen3VLForConditionalGeneration._from_config(pvm_config(preset), attn_implementation="sdpa", dtype=dtype)
+        base = Qwen3VLForConditionalGeneration._from_config(base_config(preset), attn_implementation="sdpa", dtype=dtype)
     shared = {name: tensor for name, tensor in pvm.state_dict().items() if ".pvm." not in name}
     base.load_state_dict(shared, assign=True, strict=True)
     base.tie_weights()
@@ -254,73 +214,53 @@ def build_models(
         "pvm_parameters": sum(p.numel() for _, p in pvm.pvm_parameters()),
         "language_model_parameters": sum(p.numel() for p in base.model.language_model.parameters()),
         "gate": gate,
-        "attn_implementation": attn,
-        "weights_shared": all(
-            base.get_parameter(name).data_ptr() == tensor.data_ptr() for name, tensor in shared.items()
-        ),
+        "attn_implementation": "sdpa",
+        "weights_shared": all(base.get_parameter(name).data_ptr() == t.data_ptr() for name, t in shared.items()),
     }
-    return ModelPair(base=base, pvm=pvm, device=device, dtype=dtype, info=info)
+    return ModelPair(base, pvm, device, info)
 
 
-def pvm_decoder_layers(model: PVMQwen3VLForConditionalGeneration) -> list[PVMQwen3VLTextDecoderLayer]:
-    return [layer for layer in model.model.language_model.layers if isinstance(layer, PVMQwen3VLTextDecoderLayer)]
+def pvm_decoder_layers(model) -> list[torch.nn.Module]:
+    """The decoder layers that carry a PVM branch (also of another version of the modeling file)."""
+    return [layer for layer in model.model.language_model.layers if hasattr(layer, "pvm_recompute_memory_kv")]
 
 
-class recompute_memory_kv:  # noqa: N801 (used as a context manager, like torch.no_grad)
-    """Within the block, the PVM layers re-project the visual memory at every decode step (the paper's release does
-    this). Flips the config-derived switch `pvm_recompute_memory_kv` of each PVM layer and restores it on exit."""
-
-    def __init__(self, model: PVMQwen3VLForConditionalGeneration, enabled: bool = True):
-        self.layers = pvm_decoder_layers(model)
-        self.enabled = enabled
-        self.saved: list[bool] = []
-
-    def __enter__(self):
-        self.saved = [layer.pvm_recompute_memory_kv for layer in self.layers]
-        for layer in self.layers:
-            layer.pvm_recompute_memory_kv = self.enabled
-        return self
-
-    def __exit__(self, *exc):
-        for layer, value in zip(self.layers, self.saved):
+@contextlib.contextmanager
+def recompute_memory_kv(model, enabled: bool = True):
+    """Within the block, the PVM layers re-project the visual memory at every decode step (as the paper's release
+    does) when `enabled`, or cache it once per prompt when not; each layer's own setting is restored on exit."""
+    layers = pvm_decoder_layers(model)
+    saved = [layer.pvm_recompute_memory_kv for layer in layers]
+    for layer in layers:
+        layer.pvm_recompute_memory_kv = enabled
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, saved):
             layer.pvm_recompute_memory_kv = value
-        return False
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Inputs
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def build_inputs(
-    preset: Preset, model: Qwen3VLForConditionalGeneration, batch: int, image_side: int, seed: int = 0
-) -> dict:
-    """A batch of `batch` prompts of equal length, each `text_before` text tokens, one image of `image_side**2`
-    merged visual tokens, `text_after` text tokens; with the visual features precomputed by the (shared) vision
-    tower, passed as `mm_encoder_outputs`. No padding, so no attention mask is needed."""
+def build_inputs(preset: Preset, model, batch: int, image_side: int, seed: int = 0) -> dict:
+    """`batch` prompts of equal length (no padding, so no attention mask): `text_before` text tokens, one image of
+    `image_side**2` merged visual tokens, `text_after` text tokens; the visual features precomputed by the shared
+    vision tower and passed as `mm_encoder_outputs`."""
     ids = special_token_ids(preset)
-    device = model.device
     generator = torch.Generator().manual_seed(seed)
-    text_high = preset.vocab_size - 16
-    visual = image_side**2
+    image = torch.tensor([ids["vision_start_token_id"], *[ids["image_token_id"]] * image_side**2, ids["vision_end_token_id"]])
     rows = []
     for _ in range(batch):
-        before = torch.randint(0, text_high, (preset.text_before,), generator=generator)
-        after = torch.randint(0, text_high, (preset.text_after,), generator=generator)
-        image = torch.full((visual,), ids["image_token_id"])
-        start, end = torch.tensor([ids["vision_start_token_id"]]), torch.tensor([ids["vision_end_token_id"]])
-        rows.append(torch.cat([before, start, image, end, after]))
-    input_ids = torch.stack(rows).to(device)
-    mm_token_type_ids = (input_ids == ids["image_token_id"]).to(torch.int32)
-    grid = torch.tensor([[1, image_side * MERGE_SIZE, image_side * MERGE_SIZE]] * batch, device=device)
-    patches = int(grid[0].prod())
-    patch_dim = 3 * TEMPORAL_PATCH_SIZE * PATCH_SIZE * PATCH_SIZE
-    pixel_values = torch.randn(batch * patches, patch_dim, generator=generator).to(device, model.dtype)
+        before = torch.randint(0, preset.vocab_size - 16, (preset.text_before,), generator=generator)
+        after = torch.randint(0, preset.vocab_size - 16, (preset.text_after,), generator=generator)
+        rows.append(torch.cat([before, image, after]))
+    input_ids = torch.stack(rows).to(model.device)
+    grid = torch.tensor([[1, image_side * MERGE_SIZE, image_side * MERGE_SIZE]] * batch, device=model.device)
+    patches = batch * int(grid[0].prod())
+    pixel_values = torch.randn(patches, 3 * TEMPORAL_PATCH_SIZE * PATCH_SIZE**2, generator=generator)
     with torch.no_grad():  # not inference_mode: training steps take these features too
-        features = model.model.get_image_features(pixel_values, grid, return_dict=True)
+        features = model.model.get_image_features(pixel_values.to(model.device, model.dtype), grid, return_dict=True)
     return {
         "input_ids": input_ids,
-        "mm_token_type_ids": mm_token_type_ids,
+        "mm_token_type_ids": (input_ids == ids["image_token_id"]).to(torch.int32),
         "image_grid_thw": grid,
         "mm_encoder_outputs": {"image": features},
     }

@@ -13,19 +13,20 @@ Outputs, under `--out`:
 - `summary.md`: the same as a Markdown table.
 - `run_config.json`: the settings the predictions were made with.
 
-Resuming. Rows are appended one batch at a time, in a single synced write. Running the same command again skips
-every (sample, run) already in `predictions.jsonl` and adds the rest; nothing is redone or duplicated. Batches are
-fixed slices of the dataset and each is sampled with its own seed (from `--seed`, the run, and the batch), so an
-interrupted run resumed with the same `--batch-size` gives the same predictions as an uninterrupted one. `--runs`
-may be raised on a finished folder to add runs. Changing a setting that changes the outputs (model, dataset, prompt,
-temperature, ...) against an existing `--out` is refused: use a new `--out`, or `--overwrite` to start again.
+Resuming. Rows are appended one batch at a time, in a single synced write, so an interruption can cut at most the
+last line short: reading ignores such a line (with a warning) and resuming removes it. Running the same command
+again skips every (sample, run) already in `predictions.jsonl` and adds the rest. Batches are fixed slices of the
+dataset and each is sampled with its own seed (from `--seed`, the run, and the batch), so an interrupted run resumed
+with the same `--batch-size` gives the same predictions as an uninterrupted one. `--runs` may be raised on a finished
+folder to add runs. Changing a setting that changes the outputs (model, dataset, prompt, temperature, ...) against
+an existing `--out` is refused: use a new `--out`, or `--overwrite` to start again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import math
 import os
 import statistics
 from dataclasses import asdict, dataclass
@@ -36,19 +37,19 @@ from tqdm.auto import tqdm
 
 from pvm_qwen3vl.answers import score
 from pvm_qwen3vl.checkpoints import LoadedModel
-from pvm_qwen3vl.evaluation.data import PromptedSamples, SampleSet
-from pvm_qwen3vl.evaluation.generation import derive_seed, encode_prompts, generate
-from pvm_qwen3vl.evaluation.predictions import answered, append_predictions, read_predictions
-from pvm_qwen3vl.prompts import resolve_template
+from pvm_qwen3vl.evaluation.data import SampleSet
+from pvm_qwen3vl.evaluation.generation import encode_prompts, generate
+from pvm_qwen3vl.prompts import render_prompt, resolve_template
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_FIELDS = ("id", "run", "output", "pred", "answer", "correct", "num_tokens")
+PREDICTION_FIELDS = ("id", "run", "output", "pred", "answer", "correct", "num_tokens", "kind")
 OUTPUT_FILES = ("predictions.jsonl", "summary.json", "summary.md", "run_config.json")
 # Settings that change the predictions: an existing output folder must have been written with the same ones.
 _IDENTITY = (
     "model",
     "dataset",
+    "dataset_config",
     "prompt_template",
     "system",
     "temperature",
@@ -99,13 +100,8 @@ def run_bench(
     """Generate and score every (sample, run) not yet in `out_dir`, then write and return the summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = {
-        "model": loaded.name,
-        "dataset": dataset_name,
-        "dataset_config": dataset_config or {},
-        **asdict(settings),
-    }
-    config = json.loads(json.dumps(config))  # as it reads back from run_config.json (tuples become lists)
+    config = {"model": loaded.name, "dataset": dataset_name, "dataset_config": dataset_config or {}}
+    config = json.loads(json.dumps({**config, **asdict(settings)}))  # as it reads back (tuples become lists)
     if overwrite:
         for name in OUTPUT_FILES:
             (out / name).unlink(missing_ok=True)
@@ -114,19 +110,20 @@ def run_bench(
 
     predictions = out / "predictions.jsonl"
     done = answered(predictions)
-    items = PromptedSamples(samples, settings.prompt_template, settings.system)
     total = settings.runs * len(samples)
     initial = sum((sample.id, run) in done for sample in samples for run in range(settings.runs))
-    with tqdm(
-        total=total, initial=initial, desc=f"bench {Path(dataset_name).name}", unit="answer", disable=not progress
-    ) as bar:
+    name = f"bench {Path(dataset_name).name}"
+    with tqdm(total=total, initial=initial, desc=name, unit="answer", disable=not progress) as bar:
         for run in range(settings.runs):
             for start in range(0, len(samples), settings.batch_size):
-                batch = range(start, min(start + settings.batch_size, len(samples)))
-                pending = [index for index in batch if (samples[index].id, run) not in done]
+                batch = samples[start : start + settings.batch_size]
+                pending = [sample for sample in batch if (sample.id, run) not in done]
                 if pending:
-                    rows = _answer_batch(loaded, items, pending, run, start, settings)
-                    append_predictions(predictions, rows)
+                    rows = _answer_batch(loaded, samples, pending, run, start, settings)
+                    with open(predictions, "a", encoding="utf-8") as handle:  # one write, synced
+                        handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+                        handle.flush()
+                        os.fsync(handle.fileno())
                     bar.update(len(rows))
 
     summary = summarize(read_predictions(predictions), samples.ids, settings.runs)
@@ -136,53 +133,46 @@ def run_bench(
     return summary
 
 
-def _answer_batch(
-    loaded: LoadedModel, items: PromptedSamples, indices: list[int], run: int, start: int, settings: BenchSettings
-) -> list[dict[str, Any]]:
-    prompts, images = zip(*(items[index] for index in indices))
+def _answer_batch(loaded: LoadedModel, samples: SampleSet, batch: list, run: int, start: int, settings: BenchSettings):
+    prompts = [
+        render_prompt(settings.prompt_template, sample.question, sample.options, sample.kind, settings.system)
+        for sample in batch
+    ]
     generation = generate(
         loaded,
-        encode_prompts(loaded.processor, prompts, images),
+        encode_prompts(loaded.processor, prompts, [samples.images(sample) for sample in batch]),
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
         top_p=settings.top_p,
         top_k=settings.top_k,
-        seed=derive_seed(settings.seed, run, start),
+        seed=_seed(settings.seed, run, start),
     )
     rows = []
-    for index, output, num_tokens in zip(indices, generation.texts, generation.num_tokens):
-        sample = items.samples[index]
+    for sample, output, num_tokens in zip(batch, generation.texts, generation.num_tokens):
         result = score(output, sample.answer, sample.options, multiple_choice=sample.kind == "mc")
-        rows.append(
-            {
-                "id": sample.id,
-                "run": run,
-                "output": output,
-                "pred": result.pred,
-                "answer": sample.answer,
-                "correct": result.correct,
-                "num_tokens": num_tokens,
-                "kind": sample.kind,
-            }
-        )
+        values = (sample.id, run, output, result.pred, sample.answer, result.correct, num_tokens, sample.kind)
+        rows.append(dict(zip(PREDICTION_FIELDS, values)))
     return rows
 
 
+def _seed(*parts: Any) -> int:
+    """A stable 31-bit seed from the parts (seed, run, batch start), independent of Python's hash salt."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
 def _check_resumable(out: Path, config: dict[str, Any]) -> None:
-    previous_path = out / "run_config.json"
-    if not previous_path.exists():
+    if not (out / "run_config.json").exists():
         if (out / "predictions.jsonl").exists():
             raise ValueError(
                 f"{out}: predictions.jsonl exists without run_config.json, so its settings are unknown. Use a new "
                 "--out, or --overwrite to start again."
             )
         return
-    previous = json.loads(previous_path.read_text(encoding="utf-8"))
+    previous = json.loads((out / "run_config.json").read_text(encoding="utf-8"))
     changed = [
         f"{key}: {previous.get(key)!r} -> {config[key]!r}" for key in _IDENTITY if previous.get(key) != config[key]
     ]
-    if previous.get("dataset_config") != config["dataset_config"]:
-        changed.append("dataset columns/filters")
     if changed:
         raise ValueError(
             f"{out} holds predictions made with other settings ({', '.join(changed)}). Resuming would mix them; use "
@@ -190,39 +180,54 @@ def _check_resumable(out: Path, config: dict[str, Any]) -> None:
         )
 
 
+def read_predictions(path: str | os.PathLike) -> list[dict]:
+    """The rows of a `predictions.jsonl`, or of the one in a bench output folder. Only the last line may be broken
+    (an interrupted write): it is skipped with a warning."""
+    path = Path(path)
+    path = path / "predictions.jsonl" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no predictions file; give the predictions.jsonl written by `eval bench`.")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.extend([json.loads(line)] if line.strip() else [])
+        except json.JSONDecodeError as error:
+            if number < len(lines):
+                raise ValueError(f"{path}, line {number}: not valid JSON ({error}).") from error
+            logger.warning("%s: ignoring its incomplete last line (an interrupted write)", path)
+    return rows
+
+
+def answered(path: Path) -> set[tuple[str, int]]:
+    """(id, run) pairs already in `path`; a last line cut by an interruption is removed from the file for good."""
+    if not path.exists():
+        return set()
+    rows = read_predictions(path)
+    if not path.read_text(encoding="utf-8").endswith("\n"):
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return {(str(row["id"]), int(row["run"])) for row in rows}
+
+
 def summarize(rows: list[dict[str, Any]], ids: list[str], runs: int) -> dict[str, Any]:
-    """Accuracy over the given samples and runs (the first row of a repeated (id, run) counts)."""
+    """Accuracy over the given samples and runs (other rows of the file are left out)."""
     wanted = set(ids)
-    kept: dict[tuple[str, int], dict] = {}
-    for row in rows:
-        key = (str(row["id"]), int(row["run"]))
-        if key[0] in wanted and key[1] < runs and key not in kept:
-            kept[key] = row
-    by_run: dict[int, list[dict]] = {}
-    for (_, run), row in kept.items():
-        by_run.setdefault(run, []).append(row)
-    run_accuracies = [_mean([bool(row["correct"]) for row in by_run.get(run, [])]) for run in range(runs)]
-    complete = all(len(by_run.get(run, [])) == len(ids) for run in range(runs))
-    by_kind: dict[str, list[bool]] = {}
-    for row in kept.values():
-        by_kind.setdefault(row.get("kind", "unknown"), []).append(bool(row["correct"]))
-    finite = [accuracy for accuracy in run_accuracies if not math.isnan(accuracy)]
+    kept = [row for row in rows if str(row["id"]) in wanted and int(row["run"]) < runs]
+    run_accuracies = [statistics.fmean(row["correct"] for row in kept if row["run"] == run) for run in range(runs)]
+    kinds = sorted({row["kind"] for row in kept})
+    by_kind = {kind: [row["correct"] for row in kept if row["kind"] == kind] for kind in kinds}
     return {
-        "accuracy": statistics.fmean(finite) if finite else float("nan"),
+        "accuracy": statistics.fmean(run_accuracies),
         "n": len(ids),
         "runs": runs,
         "run_accuracies": run_accuracies,
-        "accuracy_std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
-        "accuracy_by_kind": {kind: _mean(values) for kind, values in sorted(by_kind.items())},
-        "count_by_kind": {kind: len(values) // max(1, runs) for kind, values in sorted(by_kind.items())},
-        "mean_num_tokens": _mean([row["num_tokens"] for row in kept.values()]),
+        "accuracy_std": statistics.stdev(run_accuracies) if runs > 1 else 0.0,
+        "accuracy_by_kind": {kind: statistics.fmean(values) for kind, values in by_kind.items()},
+        "count_by_kind": {kind: len(values) // runs for kind, values in by_kind.items()},
+        "mean_num_tokens": statistics.fmean(row["num_tokens"] for row in kept),
         "num_predictions": len(kept),
-        "complete": complete,
+        "complete": len(kept) == len(ids) * runs,
     }
-
-
-def _mean(values: list) -> float:
-    return statistics.fmean(values) if values else float("nan")
 
 
 def markdown_summary(summaries: list[dict[str, Any]]) -> str:

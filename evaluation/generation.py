@@ -7,9 +7,7 @@ on the replay describe the generation itself, and generating with no hook attach
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,23 +23,6 @@ from pvm_qwen3vl.prompts import Prompt
 def pvm_layer_indices(model) -> list[int]:
     """Indices of the decoder layers that carry a PVM branch (empty for a base Qwen3-VL)."""
     return sorted(model.pvm_gates()) if hasattr(model, "pvm_gates") else []
-
-
-def derive_seed(*parts: Any) -> int:
-    """A stable 31-bit seed from any parts (run index, batch index, ...), independent of Python's hash salt."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-@contextmanager
-def seeded(seed: int | None, device: torch.device):
-    """Run a block with torch's generators seeded, then restore their state (`None` leaves them alone)."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
 
 
 def encode_prompts(processor, prompts: Sequence[Prompt | str], images: Sequence[Sequence[Any]]) -> BatchFeature:
@@ -61,9 +42,8 @@ def encode_prompts(processor, prompts: Sequence[Prompt | str], images: Sequence[
 
 @dataclass
 class GeneratedBatch:
-    """What `generate` produced for a batch: `sequences` [B, P + N] (prompt then new tokens, padded after each end),
-    the padded prompt length P, each sample's number of tokens before its end token, whether it stopped at one,
-    and the decoded texts."""
+    """`sequences` [B, P + N]: the padded prompt (length P), then the new tokens, padded after each end token;
+    `num_tokens`: each sample's tokens before its end token; `finished`: whether it reached one."""
 
     sequences: torch.Tensor
     prompt_length: int
@@ -94,20 +74,16 @@ def generate(
     seed: int | None = None,
     replayable: bool = False,
 ) -> GeneratedBatch:
-    """Generate for a processed batch: greedy at `temperature` 0, else sampled (with the checkpoint's top_p / top_k
-    unless given), seeded for this call only by `seed`.
-
-    `replayable` forbids the image/video placeholder tokens, so that `teacher_forced_inputs` can replay the output:
-    a placeholder in the replayed ids would be taken for an image slot. Trained checkpoints do not emit them; random
-    test models do."""
+    """Greedy at `temperature` 0, else sampled (with the checkpoint's top_p / top_k unless given), with torch's
+    generators seeded by `seed` for this call only. `replayable` forbids the image/video placeholder tokens, which
+    a replay would take for image slots (trained checkpoints do not emit them; random test models do)."""
     model, processor = loaded.model, loaded.processor
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
     if temperature < 0:
         raise ValueError(f"--temperature must be >= 0 (0 is greedy decoding), got {temperature}.")
     eos = model.generation_config.eos_token_id
-    eos = processor.tokenizer.eos_token_id if eos is None else eos
-    eos_ids = [int(token) for token in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    eos_ids = torch.tensor(processor.tokenizer.eos_token_id if eos is None else eos).view(-1)
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
     if temperature > 0:
         kwargs.update(do_sample=True, temperature=temperature)
@@ -117,19 +93,19 @@ def generate(
     if replayable:
         kwargs["suppress_tokens"] = [model.config.image_token_id, model.config.video_token_id]
     pad_id = processor.tokenizer.pad_token_id
-    kwargs["pad_token_id"] = eos_ids[0] if pad_id is None else pad_id
+    kwargs["pad_token_id"] = int(eos_ids[0]) if pad_id is None else pad_id
     inputs = batch.to(loaded.device)
-    with seeded(seed, loaded.device), torch.no_grad():
+    devices = [loaded.device.index or 0] if loaded.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None), torch.no_grad():
+        if seed is not None:
+            torch.manual_seed(seed)
         sequences = model.generate(**inputs, **kwargs).cpu()
     prompt_length = inputs["input_ids"].shape[1]
-    num_tokens, finished = [], []
-    for row in sequences[:, prompt_length:]:
-        ends = torch.isin(row, torch.tensor(eos_ids)).nonzero()
-        num_tokens.append(int(ends[0]) if len(ends) else len(row))
-        finished.append(bool(len(ends)))
+    ends = [torch.isin(row, eos_ids).nonzero() for row in sequences[:, prompt_length:]]
+    num_tokens = [int(found[0]) if len(found) else sequences.shape[1] - prompt_length for found in ends]
     trimmed = [row[:count] for row, count in zip(sequences[:, prompt_length:], num_tokens)]
     texts = processor.batch_decode(trimmed, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    return GeneratedBatch(sequences, prompt_length, num_tokens, finished, texts)
+    return GeneratedBatch(sequences, prompt_length, num_tokens, [len(found) > 0 for found in ends], texts)
 
 
 def teacher_forced_inputs(batch: BatchFeature, generation: GeneratedBatch) -> BatchFeature:
@@ -153,26 +129,17 @@ def replayed_batches(
     items: Sequence[tuple[Prompt | str, list]],
     *,
     batch_size: int,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    min_new_tokens: int | None = None,
     seed: int = 0,
     desc: str = "replay",
     progress: bool = True,
+    **sampling: Any,
 ) -> Iterator[tuple[GeneratedBatch, BatchFeature]]:
-    """Generate for (prompt, images) items batch by batch and yield each generation with the inputs (on the model's
-    device) that replay it. The query that produced generated token t (0-based) sits at `prompt_length - 1 + t`."""
+    """Generate for (prompt, images) items batch by batch (`sampling`: `generate`'s settings) and yield each
+    generation with the inputs, on the model's device, that replay it. The query that produced generated token t
+    (0-based) sits at `prompt_length - 1 + t`."""
     starts = range(0, len(items), batch_size)
     for start in tqdm(starts, desc=f"{desc} {Path(loaded.name).name}", unit="batch", disable=not progress):
-        chunk = items[start : start + batch_size]
+        chunk = [items[index] for index in range(start, min(start + batch_size, len(items)))]
         batch = encode_prompts(loaded.processor, [prompt for prompt, _ in chunk], [images for _, images in chunk])
-        generation = generate(
-            loaded,
-            batch,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            min_new_tokens=min_new_tokens,
-            seed=seed + start,
-            replayable=True,
-        )
+        generation = generate(loaded, batch, seed=seed + start, replayable=True, **sampling)
         yield generation, teacher_forced_inputs(batch, generation).to(loaded.device)

@@ -1,17 +1,15 @@
 """Read-only instrumentation of a Qwen3-VL / PVM forward pass.
 
-Every probe is a set of forward hooks that copy what a module computed or returned and return nothing, so the
-forward computes exactly what it computes without them (`tests/test_eval.py` checks that logits and generations are
-identical). Hooks are removed when the `with` block ends, also on errors. Probes measure a *query range*: the
-positions [start, stop) of a teacher-forced replay of a generation (`generation.teacher_forced_inputs`).
-
-Attention weights are read where the attention modules return them, which only eager attention does: load the
-model with `attn_implementation="eager"` to measure them.
+Every probe is a set of forward hooks that copy what a module computed and return nothing, so the forward computes
+exactly what it computes without them (`tests/test_eval.py` checks that logits and generations are identical). Hooks
+are removed when the `with` block ends, also on errors. Probes measure the query positions [start, stop) of a
+teacher-forced replay (`generation.teacher_forced_inputs`). Attention weights are read where the attention modules
+return them, which only eager attention does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,7 +25,7 @@ class Hooks:
     def __init__(self):
         self._handles: list[Any] = []
 
-    def forward(self, module: torch.nn.Module, hook: Callable) -> None:
+    def forward(self, module: torch.nn.Module, hook) -> None:
         self._handles.append(module.register_forward_hook(hook))
 
     def remember_context(self, layer: torch.nn.Module) -> dict[str, Any]:
@@ -55,42 +53,35 @@ def _layers(model) -> torch.nn.ModuleList:
 
 
 class VisualShareProbe(Hooks):
-    """Ω_V(t) = Z_V / (Z_V + Z_T) per layer: at each query position, the self-attention mass that lands on visual
-    tokens, averaged over heads. `visual_mask` [B, T] marks the visual tokens; `shares[layer]` is [B, stop - start]
-    (float32, on the CPU)."""
+    """Ω_V(t) = Z_V / (Z_V + Z_T) per layer: at each query position, the self-attention mass on the visual tokens
+    (`visual_mask` [B, T]), averaged over heads. `shares[layer]` is [B, stop - start], float32 on the CPU."""
 
     def __init__(self, model, visual_mask: torch.Tensor, start: int, stop: int):
         super().__init__()
         self.shares: dict[int, torch.Tensor] = {}
-        for index, layer in enumerate(_layers(model)):
-            self.forward(layer.self_attn, self._hook(index, visual_mask, start, stop))
 
-    def _hook(self, index: int, visual_mask: torch.Tensor, start: int, stop: int) -> Callable:
-        def hook(module, args, output):
+        def read(index, module, args, output):
             if output[1] is None:
                 raise RuntimeError(f"the self-attention returned no weights: {EAGER_HINT}.")
             rows = output[1][:, :, start:stop, :].float()  # [B, H, N, T]
             visual = visual_mask.to(rows.device, torch.float32)[:, None, None, : rows.shape[-1]]
             self.shares[index] = (rows * visual).sum(-1).mean(1).cpu()
 
-        return hook
+        for index, layer in enumerate(_layers(model)):
+            self.forward(layer.self_attn, partial(read, index))
 
 
 class PVMNormProbe(Hooks):
-    """The norm of each PVM layer's gated injection, ||gate * PVM(h)||, at the query positions. The branch's output
-    is read where the layer computes it and scattered back to sequence positions (a prefill computes it only for
-    text positions, `PVMContext.query_index`); `norms[layer]` is [B, stop - start]. Positions where the layer adds
-    nothing read 0: visual tokens (the silencing mask), padding, and text that sees no visual token yet."""
+    """The norm of each PVM layer's gated injection, ||gate * PVM(h)||, at the query positions: `norms[layer]` is
+    [B, stop - start]. A prefill computes the branch only for text positions (`PVMContext.query_index`), so its
+    output is scattered back to sequence positions. Positions where the layer adds nothing read 0: visual tokens
+    (the silencing mask), padding, and text that sees no visual token yet."""
 
     def __init__(self, model, start: int, stop: int):
         super().__init__()
         self.norms: dict[int, torch.Tensor] = {}
-        for index in pvm_layer_indices(model):
-            layer = _layers(model)[index]
-            self.forward(layer.pvm, self._hook(index, self.remember_context(layer), start, stop))
 
-    def _hook(self, index: int, state: dict[str, Any], start: int, stop: int) -> Callable:
-        def hook(module, args, output):
+        def read(index, state, module, args, output):
             norms = output.float().norm(dim=-1)  # [B, Tq]
             mask = args[3] if len(args) > 3 else None  # [B, 1, Tq, M] additive: 0 where a memory slot is visible
             if mask is not None:  # the layer zeroes the term of a query that sees no visual token
@@ -103,25 +94,25 @@ class PVMNormProbe(Hooks):
                 norms = norms.masked_fill(context.silence_mask, 0.0)
             self.norms[index] = norms[:, start:stop].cpu()
 
-        return hook
+        for index in pvm_layer_indices(model):
+            layer = _layers(model)[index]
+            self.forward(layer.pvm, partial(read, index, self.remember_context(layer)))
 
 
 class HiddenStateProbe(Hooks):
     """Each decoder layer's output (the residual stream after layer l) at the query positions: `hidden[layer]` is
-    [B, stop - start, D], kept on the model's device."""
+    [B, stop - start, D], on the model's device."""
 
     def __init__(self, model, start: int, stop: int):
         super().__init__()
         self.hidden: dict[int, torch.Tensor] = {}
-        for index, layer in enumerate(_layers(model)):
-            self.forward(layer, self._hook(index, start, stop))
 
-    def _hook(self, index: int, start: int, stop: int) -> Callable:
-        def hook(module, args, output):
+        def read(index, module, args, output):
             hidden = output[0] if isinstance(output, tuple) else output
             self.hidden[index] = hidden[:, start:stop].detach().clone()
 
-        return hook
+        for index, layer in enumerate(_layers(model)):
+            self.forward(layer, partial(read, index))
 
 
 class CrossAttentionProbe(Hooks):

@@ -23,7 +23,7 @@ ENGINE_TIMEOUT_S = 900  # one engine start (~40-80 s on 2 cores, compiling) and 
 def vllm_python() -> str:
     python = vllm_venv() / "bin" / "python"
     if not python.exists():
-        pytest.skip(f"no vLLM venv at {vllm_venv()}: run `make vllm-env` to create it (about 3 minutes)")
+        pytest.skip(f"no vLLM venv at {vllm_venv()}: run `make vllm-env` to create it (about 6 minutes)")
     return str(python)
 
 
