@@ -1,15 +1,13 @@
-"""Presets, models and inputs of `pvm-qwen3vl bench`: base Qwen3-VL and its PVM version, with random weights.
-
-The two models share every tensor they have in common, and every PVM gate is open, so no shortcut can hide the cost
-of the branch. The vision tower is tiny and runs once per input, outside the timings: both models get the same
-precomputed visual features (`mm_encoder_outputs`), so the figures compare the language models, where PVM lives.
-"""
+"""Presets, models and inputs of `pvm-qwen3vl bench`: base Qwen3-VL and its PVM version, with random weights that
+they share, every PVM gate open. The vision tower is tiny and runs once per input, outside the timings: both models
+get the same visual features (`mm_encoder_outputs`), so the figures compare the language models, where PVM lives."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
@@ -57,76 +55,34 @@ class Preset:
         return self.text_before + 2 + self.visual_tokens + self.text_after  # + vision_start, vision_end
 
 
-QWEN3_VL_4B = Preset(  # the language model's shapes, bf16, for a GPU
-    name="qwen3-vl-4b",
-    hidden_size=2560,
-    num_layers=36,
-    intermediate_size=9728,
-    num_heads=32,
-    num_kv_heads=8,
-    head_dim=128,
-    vocab_size=151936,
-    pvm_latent=512,
-    pvm_layers=(5, 11, 17),
-    image_side=32,  # 1024 visual tokens
-    new_tokens=64,
-    train_image_side=32,
-    tie_word_embeddings=True,
-    dtype="bfloat16",
-    device="cuda",
-)
+# The workloads that differ from the defaults: a tiny smoke run, and the real language-model shapes on a GPU.
+SMOKE = dict(text_before=4, text_after=4, new_tokens=3, batch_sizes=(1, 2), train_image_side=2, train_steps=1)
+GPU = dict(new_tokens=64, train_image_side=32, dtype="bfloat16", device="cuda")
 PRESETS = {
-    "smoke": Preset(  # tiny shapes for CI: checks that the benchmark runs, measures nothing
-        name="smoke",
-        hidden_size=64,
-        num_layers=2,
-        intermediate_size=128,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        vocab_size=256,
-        pvm_latent=32,
-        pvm_layers=(1,),
-        image_side=4,
-        text_before=4,
-        text_after=4,
-        new_tokens=3,
-        batch_sizes=(1, 2),
-        train_image_side=2,
-        train_steps=1,
-        deepstack_levels=1,
+    # name: hidden, layers, intermediate, heads, KV heads, head_dim, vocab, PVM latent, PVM layers, image side
+    "smoke": Preset("smoke", 64, 2, 128, 4, 2, 16, 256, 32, (1,), 4, deepstack_levels=1, **SMOKE),  # measures nothing
+    # mid-size, fp32, for a CPU: 784 visual tokens; the LM head is ~8% of the layers' weights, as at 8B
+    "cpu-mid": Preset("cpu-mid", 1024, 8, 3072, 16, 8, 64, 8192, 256, (2, 5), 28),
+    "qwen3-vl-4b": Preset(
+        "qwen3-vl-4b", 2560, 36, 9728, 32, 8, 128, 151936, 512, (5, 11, 17), 32, tie_word_embeddings=True, **GPU
     ),
-    "cpu-mid": Preset(  # mid-size shapes that run on a CPU (fp32)
-        name="cpu-mid",
-        hidden_size=1024,
-        num_layers=8,
-        intermediate_size=3072,
-        num_heads=16,
-        num_kv_heads=8,
-        head_dim=64,
-        vocab_size=8192,  # the LM head is ~8% of the layers' weights, as at 8B
-        pvm_latent=256,
-        pvm_layers=(2, 5),
-        image_side=28,  # 784 visual tokens
-    ),
-    "qwen3-vl-4b": QWEN3_VL_4B,
-    "qwen3-vl-8b": dataclasses.replace(
-        QWEN3_VL_4B,
-        name="qwen3-vl-8b",
-        hidden_size=4096,
-        intermediate_size=12288,
-        pvm_layers=(8, 16, 24),
-        tie_word_embeddings=False,
-    ),
+    "qwen3-vl-8b": Preset("qwen3-vl-8b", 4096, 36, 12288, 32, 8, 128, 151936, 512, (8, 16, 24), 32, **GPU),
 }
 
 
 def get_preset(name: str, **overrides) -> Preset:
-    """A named preset, with the fields in `overrides` that are not None replaced (lists become tuples)."""
+    """A named preset with the fields in `overrides` that are not None replaced (lists become tuples), or `custom`:
+    cpu-mid's workload on shapes that `overrides` gives, all but the vocabulary size."""
+    overrides = {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    if name == "custom":
+        required = [field.name for field in dataclasses.fields(Preset) if field.default is dataclasses.MISSING]
+        if missing := [key for key in required if key not in {*overrides, "name", "vocab_size"}]:
+            raise ValueError(f"--preset custom needs {', '.join('--' + key.replace('_', '-') for key in missing)}")
+        return dataclasses.replace(PRESETS["cpu-mid"], **{**overrides, "name": "custom"})
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)} or 'custom'")
-    overrides = {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
-    return dataclasses.replace(PRESETS[name], **{key: value for key, value in overrides.items() if value is not None})
+    return dataclasses.replace(PRESETS[name], **overrides)
 
 
 def special_token_ids(preset: Preset) -> dict[str, int]:
@@ -146,7 +102,6 @@ def base_config(preset: Preset) -> Qwen3VLConfig:
         "num_attention_heads": preset.num_heads,
         "num_key_value_heads": preset.num_kv_heads,
         "head_dim": preset.head_dim,
-        "max_position_embeddings": 32768,
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 5_000_000.0,
@@ -185,22 +140,23 @@ def pvm_config(preset: Preset) -> PVMQwen3VLConfig:
     )
 
 
-@dataclass
-class ModelPair:
+class ModelPair(NamedTuple):
     """Base Qwen3-VL and its PVM version, sharing every weight they have in common."""
 
     base: Qwen3VLForConditionalGeneration
     pvm: PVMQwen3VLForConditionalGeneration
-    device: torch.device
-    info: dict = field(default_factory=dict)
+    info: dict
 
 
-def build_models(preset: Preset, device: torch.device, dtype: torch.dtype, gate: float = 1.0, seed: int = 0) -> ModelPair:
+def build_models(
+    preset: Preset, device: torch.device, dtype: torch.dtype, gate: float = 1.0, seed: int = 0
+) -> ModelPair:
     """Random PVM model (seeded), gates set to `gate`, and the stock base model on the very same tensors."""
+    options = {"attn_implementation": "sdpa", "dtype": dtype}
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        pvm = PVMQwen3VLForConditionalGeneration._from_config(pvm_config(preset), attn_implementation="sdpa", dtype=dtype)
-        base = Qwen3VLForConditionalGeneration._from_config(base_config(preset), attn_implementation="sdpa", dtype=dtype)
+        pvm = PVMQwen3VLForConditionalGeneration._from_config(pvm_config(preset), **options)
+        base = Qwen3VLForConditionalGeneration._from_config(base_config(preset), **options)
     shared = {name: tensor for name, tensor in pvm.state_dict().items() if ".pvm." not in name}
     base.load_state_dict(shared, assign=True, strict=True)
     base.tie_weights()
@@ -212,16 +168,14 @@ def build_models(preset: Preset, device: torch.device, dtype: torch.dtype, gate:
     info = {
         "base_parameters": sum(p.numel() for p in base.parameters()),
         "pvm_parameters": sum(p.numel() for _, p in pvm.pvm_parameters()),
-        "language_model_parameters": sum(p.numel() for p in base.model.language_model.parameters()),
         "gate": gate,
-        "attn_implementation": "sdpa",
         "weights_shared": all(base.get_parameter(name).data_ptr() == t.data_ptr() for name, t in shared.items()),
     }
-    return ModelPair(base, pvm, device, info)
+    return ModelPair(base, pvm, info)
 
 
 def pvm_decoder_layers(model) -> list[torch.nn.Module]:
-    """The decoder layers that carry a PVM branch (also of another version of the modeling file)."""
+    """The decoder layers that carry a PVM branch."""
     return [layer for layer in model.model.language_model.layers if hasattr(layer, "pvm_recompute_memory_kv")]
 
 
@@ -246,7 +200,9 @@ def build_inputs(preset: Preset, model, batch: int, image_side: int, seed: int =
     vision tower and passed as `mm_encoder_outputs`."""
     ids = special_token_ids(preset)
     generator = torch.Generator().manual_seed(seed)
-    image = torch.tensor([ids["vision_start_token_id"], *[ids["image_token_id"]] * image_side**2, ids["vision_end_token_id"]])
+    image = torch.tensor(
+        [ids["vision_start_token_id"], *[ids["image_token_id"]] * image_side**2, ids["vision_end_token_id"]]
+    )
     rows = []
     for _ in range(batch):
         before = torch.randint(0, preset.vocab_size - 16, (preset.text_before,), generator=generator)
@@ -264,8 +220,3 @@ def build_inputs(preset: Preset, model, batch: int, image_side: int, seed: int =
         "image_grid_thw": grid,
         "mm_encoder_outputs": {"image": features},
     }
-
-
-def training_labels(inputs: dict, image_token_id: int) -> torch.Tensor:
-    """Next-token labels over the text positions (visual tokens masked out)."""
-    return inputs["input_ids"].masked_fill(inputs["input_ids"] == image_token_id, -100)

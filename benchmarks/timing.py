@@ -1,133 +1,80 @@
-"""Timed runs of `pvm-qwen3vl bench`: prefill + greedy decode, training steps, peak memory, and an audit of the
-operators (and host syncs) of one decode step.
-
-Every timed region ends with a device synchronisation on CUDA (none is needed on CPU), and both models go through
-the very same code.
-"""
+"""Runs of `pvm-qwen3vl bench`: greedy decoding interleaved across models, training steps, peak memory, and an audit
+of the operators (and host syncs) of a decode step. Both models go through the very same code."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import statistics
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from modeling_pvm_qwen3vl import PVMMemoryCacheLayer
+from pvm_qwen3vl.benchmarks.models import recompute_memory_kv
+
 # aten operators that make the host wait for the device (a value or a data-dependent shape read back).
-SYNC_OPERATORS = frozenset({"item", "_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "unique", "_unique2"})
+SYNC_OPERATORS = {"item", "_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "unique", "_unique2"}
+PEAK_MEMORY_METHODS = {
+    "cuda": "torch.cuda.max_memory_allocated above the allocation at the start of an untimed run",
+    "other": "peak bytes of the tensors allocated during an untimed run (tracked operator by operator)",
+}
 
 
-def synchronizer(device: torch.device) -> Callable[[], None]:
-    """A function that waits for the device to finish its queued work (a no-op on CPU)."""
+def timed(call: Callable[[], Any], device: torch.device) -> float:
+    """Seconds that `call()` takes, with the work it queues on a CUDA device."""
     if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Peak memory
-# ----------------------------------------------------------------------------------------------------------------------
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    call()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 class TensorMemory(TorchDispatchMode):
-    """Live and peak bytes of the tensor storages that the operators of its block allocate (views and in-place
-    results are counted once per storage; tensors from outside the block, like the weights, not at all). A storage
-    stops counting when the last tensor object of the block that holds it is freed. This is what
-    `torch.cuda.max_memory_allocated` measures on a GPU, for any device, without allocator slack."""
+    """Peak bytes of the live storages that the operators of its block allocate (not those of tensors from outside
+    it, like the weights): what `torch.cuda.max_memory_allocated` measures, for any device."""
 
     def __init__(self):
         super().__init__()
-        self.holders: dict[int, int] = {}  # storage address -> tensor objects holding it
-        self.sizes: dict[int, int] = {}
-        self.live = self.peak = 0
-
-    def _release(self, address: int) -> None:
-        self.holders[address] -= 1
-        if not self.holders[address]:
-            del self.holders[address]
-            self.live -= self.sizes.pop(address)
+        self.storages: dict[StorageWeakRef, int] = {}  # live storages allocated in the block -> bytes
+        self.peak = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        out = func(*args, **(kwargs or {}))
         inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        for tensor in tree_leaves(out):
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            storage = tensor.untyped_storage()
-            address, size = storage.data_ptr(), storage.nbytes()
-            if not address or not size:
-                continue
-            if address not in self.holders:
-                if address in inputs:  # a view of, or in-place result on, a tensor from outside the block
-                    continue
-                self.holders[address], self.sizes[address] = 0, size
-                self.live += size
-                self.peak = max(self.peak, self.live)
-            self.holders[address] += 1
-            weakref.finalize(tensor, self._release, address)
+        for tensor in tree_leaves(out):  # views of, and in-place results on, an input are no new storage
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in inputs:
+                self.storages[StorageWeakRef(tensor.untyped_storage())] = tensor.untyped_storage().nbytes()
+        self.storages = {storage: size for storage, size in self.storages.items() if not storage.expired()}
+        self.peak = max(self.peak, sum(self.storages.values()))
         return out
 
 
-class PeakMemory:
-    """Peak memory used by a block, above what was in use when it started.
-
-    CUDA: `torch.cuda.max_memory_allocated` after a reset, minus the allocation at entry. Other devices: the peak of
-    the tensors allocated in the block (`TensorMemory`), which slows the block down: time nothing inside it.
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.start = 0
-        self.bytes: int | None = None
-        self.tracker: TensorMemory | None = None
-
-    @property
-    def method(self) -> str:
-        if self.device.type == "cuda":
-            return "torch.cuda.max_memory_allocated above the allocation at the start of an untimed run"
-        return "peak bytes of the tensors allocated during an untimed run (tracked operator by operator)"
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-        else:
-            self.tracker = TensorMemory().__enter__()
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.bytes = torch.cuda.max_memory_allocated(self.device) - self.start
-        else:
-            self.tracker.__exit__(*exc)
-            self.bytes = self.tracker.peak
-        return False
-
-
-def cache_bytes(cache) -> dict[str, int]:
-    """Bytes held by a generation cache: the self-attention keys/values and the PVM memory slots."""
-    from modeling_pvm_qwen3vl import PVMMemoryCacheLayer
-
-    totals = {"kv_cache": 0, "pvm_memory": 0}
-    for layer in cache.layers:
-        held = sum(t.numel() * t.element_size() for t in (layer.keys, layer.values) if isinstance(t, torch.Tensor))
-        totals["pvm_memory" if isinstance(layer, PVMMemoryCacheLayer) else "kv_cache"] += held
-    return totals
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Inference
-# ----------------------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict]:
+    """Peak bytes used by the block above what was in use at its start, in the yielded dict's "bytes" on exit. Off
+    CUDA the block runs under `TensorMemory`, which slows it down: time nothing inside it."""
+    result = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        yield result
+        torch.cuda.synchronize(device)
+        result["bytes"] = torch.cuda.max_memory_allocated(device) - start
+    else:
+        with TensorMemory() as tracker:
+            yield result
+        result["bytes"] = tracker.peak
 
 
 @dataclass
@@ -135,7 +82,7 @@ class Variant:
     """One model set-up under test."""
 
     model: Any
-    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # entered around each call
+    recompute: bool = False  # the PVM layers re-project the visual memory at every decode step
     decode: Callable | None = None  # forward of the decode steps (default: the model), e.g. a torch.compile'd one
     static_cache: Any = None  # a StaticCache reused run after run (reset before each prefill); None: a DynamicCache
 
@@ -155,7 +102,7 @@ class StepwiseGeneration:
         if self.variant.static_cache is not None:
             self.variant.static_cache.reset()
             kwargs["past_key_values"] = self.variant.static_cache
-        with self.variant.context():
+        with recompute_memory_kv(self.variant.model, self.variant.recompute):
             out = self.variant.model(**kwargs, use_cache=True, logits_to_keep=1)
         self.token = out.logits[:, -1].argmax(-1, keepdim=True)
         self.cache = out.past_key_values
@@ -165,7 +112,7 @@ class StepwiseGeneration:
         text = torch.full((1, self.token.shape[0], 1), self.position, device=self.token.device)
         position_ids = torch.cat([text, text.expand(3, -1, -1) + self.rope_deltas])  # [4, B, 1]: text + M-RoPE
         decode = self.variant.decode or self.variant.model
-        with self.variant.context():
+        with recompute_memory_kv(self.variant.model, self.variant.recompute):
             out = decode(
                 input_ids=self.token,
                 past_key_values=self.cache,
@@ -178,52 +125,18 @@ class StepwiseGeneration:
         self.position += 1
 
 
-def generate_timed(variant: Variant, inputs: dict, new_tokens: int, sync: Callable[[], None]) -> dict:
-    """Prefill, then `new_tokens` decode steps, each timed. Returns prefill_s, step_s and the cache."""
-    generation = StepwiseGeneration(variant, inputs)
-    with torch.inference_mode():
-        sync()
-        start = time.perf_counter()
-        generation.prefill()
-        sync()
-        prefill = time.perf_counter() - start
-        steps = []
-        for _ in range(new_tokens):
-            start = time.perf_counter()
-            generation.step()
-            sync()
-            steps.append(time.perf_counter() - start)
-    return {"prefill_s": prefill, "step_s": steps, "cache": generation.cache}
-
-
-def interleaved_generation(
-    variants: dict[str, Variant], inputs: dict, new_tokens: int, device: torch.device, flip: bool
-) -> dict:
-    """Timed generations of every variant, interleaved step by step: every variant prefills (timed), then each decode
-    step is run for every variant in turn, the order reversed at every step, so that noise from other processes
-    (or clock changes) falls on all of them alike.
-
-    Returns label -> prefill_s, tpot_s (the median of its decode steps), tpot_mean_s, tpot_min_s (its fastest step:
-    other processes only ever add time, so this is the least disturbed figure), decode_tokens_per_s, e2e_tokens_per_s.
-    """
-    sync = synchronizer(device)
+def interleaved_generation(variants: dict[str, Variant], inputs: dict, new_tokens: int, device, flip: bool) -> dict:
+    """Timed generations of every variant: each prefills, then each decode step runs for every variant in turn, the
+    order reversed at every step (and at the start when `flip`), so that noise from other processes falls on all alike.
+    TPOT is the median of a run's decode steps; the fastest step is the least disturbed figure (noise only adds)."""
     labels = list(variants)[::-1] if flip else list(variants)
     generations = {label: StepwiseGeneration(variants[label], inputs) for label in labels}
-    prefill = {}
     steps = {label: [] for label in labels}
     with torch.inference_mode():
-        for label in labels:
-            sync()
-            start = time.perf_counter()
-            generations[label].prefill()
-            sync()
-            prefill[label] = time.perf_counter() - start
+        prefill = {label: timed(generations[label].prefill, device) for label in labels}
         for index in range(new_tokens):
             for label in labels if index % 2 == 0 else labels[::-1]:
-                start = time.perf_counter()
-                generations[label].step()
-                sync()
-                steps[label].append(time.perf_counter() - start)
+                steps[label].append(timed(generations[label].step, device))
     batch = inputs["input_ids"].shape[0]
     figures = {}
     for label in variants:
@@ -240,79 +153,50 @@ def interleaved_generation(
 
 
 def memory_run(variant: Variant, inputs: dict, new_tokens: int, device: torch.device) -> dict:
-    """One untimed generation alone, for its peak memory and the bytes its cache holds. Off CUDA, the decode steps
-    run eager: the operator-by-operator tracker cannot see inside compiled code."""
+    """One untimed generation alone: its peak memory and the bytes its cache holds in self-attention keys/values and
+    in PVM memory. Off CUDA the decode steps run eager: the tracker cannot see inside compiled code."""
     if device.type != "cuda":
-        variant = Variant(variant.model, variant.context, None, variant.static_cache)
-    with PeakMemory(device) as memory:
-        run = generate_timed(variant, inputs, new_tokens, synchronizer(device))
-    return {"peak_memory_bytes": memory.bytes, **{f"{k}_bytes": v for k, v in cache_bytes(run["cache"]).items()}}
+        variant = dataclasses.replace(variant, decode=None)
+    generation = StepwiseGeneration(variant, inputs)
+    with torch.inference_mode(), peak_memory(device) as memory:
+        generation.prefill()
+        for _ in range(new_tokens):
+            generation.step()
+    result = {"peak_memory_bytes": memory["bytes"], "kv_cache_bytes": 0, "pvm_memory_bytes": 0}
+    for layer in generation.cache.layers:
+        held = sum(t.numel() * t.element_size() for t in (layer.keys, layer.values) if isinstance(t, torch.Tensor))
+        result["pvm_memory_bytes" if isinstance(layer, PVMMemoryCacheLayer) else "kv_cache_bytes"] += held
+    return result
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def trainable(model, params: list[torch.nn.Parameter]) -> Iterator[list[torch.nn.Parameter]]:
-    """Within the block, `params` require grad (and the model is in train mode); on exit everything is frozen again
-    and the model back in eval mode."""
+def training_run(model, params, inputs: dict, labels, steps: int, device, measure_memory: bool = False) -> dict:
+    """With only `params` trainable: one untimed AdamW step (it allocates the optimizer state), then the median time
+    of `steps` timed ones, or with `measure_memory` the peak memory of one more step. The learning rate is 0: the
+    optimizer does all of its arithmetic, but the weights that the base and PVM models share stay as they are."""
     for param in params:
         param.requires_grad_(True)
     model.train()
-    try:
-        yield params
-    finally:
-        for param in model.parameters():
-            param.requires_grad_(False)
-            param.grad = None
-        model.eval()
-
-
-def training_run(
-    model, params, inputs: dict, labels: torch.Tensor, steps: int, device: torch.device, measure_memory: bool = False
-) -> dict:
-    """One untimed AdamW step (it allocates the optimizer state), then `steps` timed ones (their median is returned).
-    With `measure_memory`, one untimed step instead, for the peak memory of a step (activations and gradients, above
-    weights and optimizer state).
-
-    The learning rate is 0: the optimizer does all of its arithmetic but the shared weights stay as they are, so the
-    base and PVM models keep identical weights for later runs.
-    """
-    sync = synchronizer(device)
     optimizer = torch.optim.AdamW(params, lr=0.0)
 
     def step() -> None:
-        loss = model(**inputs, labels=labels, use_cache=False).loss
-        loss.backward()
+        model(**inputs, labels=labels, use_cache=False).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()
-    if measure_memory:
-        with PeakMemory(device) as memory:
-            step()
-        return {"peak_memory_bytes": memory.bytes}
-    times = []
-    for _ in range(steps):
-        sync()
-        start = time.perf_counter()
+    try:
         step()
-        sync()
-        times.append(time.perf_counter() - start)
-    return {"step_s": statistics.median(times)}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Operator audit
-# ----------------------------------------------------------------------------------------------------------------------
+        if measure_memory:
+            with peak_memory(device) as memory:
+                step()
+            return {"peak_memory_bytes": memory["bytes"]}
+        return {"step_s": statistics.median([timed(step, device) for _ in range(steps)])}
+    finally:
+        model.eval().requires_grad_(False)
 
 
 class OperatorCounter(TorchDispatchMode):
     """Counts the aten operators run in its block, and those that make the host wait for the device: reading a value
-    (`item`, `bool()`), data-dependent shapes (`nonzero`, boolean indexing), device-to-host copies. On a CPU a
-    `.tolist()` goes around the dispatcher and is not seen (nor is it a sync there)."""
+    (`item`, `bool()`), data-dependent shapes (`nonzero`, boolean indexing) and device-to-host copies."""
 
     def __init__(self):
         super().__init__()
@@ -320,31 +204,20 @@ class OperatorCounter(TorchDispatchMode):
         self.syncs: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
         name = func.overloadpacket.__name__
         self.operators[name] += 1
-        out = func(*args, **kwargs)
-        if name in SYNC_OPERATORS or (name == "index" and _has_bool_index(args)) or _is_device_to_host(args, out):
+        out = func(*args, **(kwargs or {}))
+        source = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        to_host = isinstance(out, torch.Tensor) and out.device.type == "cpu" and source is not None
+        bool_index = name == "index" and any(getattr(i, "dtype", None) == torch.bool for i in args[1])
+        if name in SYNC_OPERATORS or bool_index or (to_host and source.device.type != "cpu"):
             self.syncs[name] += 1
         return out
 
 
-def _is_device_to_host(args, out) -> bool:
-    """A copy from an accelerator to the host (how `.tolist()` and `.cpu()` read values back on a GPU)."""
-    source = args[0] if args and isinstance(args[0], torch.Tensor) else None
-    return (
-        isinstance(out, torch.Tensor) and source is not None and source.device.type != "cpu" and out.device.type == "cpu"
-    )
-
-
-def _has_bool_index(args) -> bool:
-    indices = args[1] if len(args) > 1 else []
-    return any(isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in indices)
-
-
 def audit_decode_step(variant: Variant, inputs: dict) -> dict:
     """Prefill, then count the operators and host syncs of one eager decode step (and the host syncs of the prefill)."""
-    generation = StepwiseGeneration(Variant(variant.model, variant.context), inputs)
+    generation = StepwiseGeneration(dataclasses.replace(variant, decode=None, static_cache=None), inputs)
     with torch.inference_mode():
         with OperatorCounter() as prefill_counter:
             generation.prefill()

@@ -1,25 +1,19 @@
 """`pvm-qwen3vl eval bench`: batched generation and scoring on an image question-answering dataset.
 
-Answers are read and matched by `pvm_qwen3vl.answers.score`, the matcher the GRPO reward uses. By default each
-sample is answered 4 times at temperature 0.7 (the paper's setting) and the runs' accuracies are averaged; at
-temperature 0 (greedy) one run is made, since every run would be the same.
+Answers are matched by `pvm_qwen3vl.answers.score`, as by the GRPO reward. Each sample is answered `runs` times (the
+paper: 4 at temperature 0.7; at temperature 0, one run) and the runs' accuracies are averaged. Under `--out`:
 
-Outputs, under `--out`:
-
-- `predictions.jsonl`: one row per sample and run: `id, run, output, pred, answer, correct, num_tokens` (and `kind`,
-  `mc` or `open`). `num_tokens` counts the generated tokens before the end-of-sequence token.
-- `summary.json`: `accuracy` (0-1, the mean of the runs' accuracies), `n` (samples), `run_accuracies`, their standard
-  deviation, accuracy by question kind, the mean output length, and the settings.
-- `summary.md`: the same as a Markdown table.
+- `predictions.jsonl`: one row per (sample, run) with `PREDICTION_FIELDS` (`num_tokens`: the generated tokens before
+  the end token; `kind`: `mc` or `open`);
+- `summary.json` and `summary.md`: `accuracy` (0-1, the mean over runs), `n` samples, the run accuracies and their
+  standard deviation, accuracy by kind, the mean output length and the settings;
 - `run_config.json`: the settings the predictions were made with.
 
-Resuming. Rows are appended one batch at a time, in a single synced write, so an interruption can cut at most the
-last line short: reading ignores such a line (with a warning) and resuming removes it. Running the same command
-again skips every (sample, run) already in `predictions.jsonl` and adds the rest. Batches are fixed slices of the
-dataset and each is sampled with its own seed (from `--seed`, the run, and the batch), so an interrupted run resumed
-with the same `--batch-size` gives the same predictions as an uninterrupted one. `--runs` may be raised on a finished
-folder to add runs. Changing a setting that changes the outputs (model, dataset, prompt, temperature, ...) against
-an existing `--out` is refused: use a new `--out`, or `--overwrite` to start again.
+Resuming: rows are appended one batch at a time in one synced write, so an interruption cuts at most the last line,
+which reading skips (with a warning) and resuming removes. Running again skips every (sample, run) already answered.
+Each batch, a fixed slice of the dataset, is sampled with its own seed, so a run resumed with the same `--batch-size`
+gives the predictions of an uninterrupted one. `--runs` may be raised to add runs; any other setting that changes the
+outputs is refused against an existing `--out`: use a new one, or `--overwrite` to start again.
 """
 
 from __future__ import annotations
@@ -45,25 +39,13 @@ logger = logging.getLogger(__name__)
 
 PREDICTION_FIELDS = ("id", "run", "output", "pred", "answer", "correct", "num_tokens", "kind")
 OUTPUT_FILES = ("predictions.jsonl", "summary.json", "summary.md", "run_config.json")
-# Settings that change the predictions: an existing output folder must have been written with the same ones.
-_IDENTITY = (
-    "model",
-    "dataset",
-    "dataset_config",
-    "prompt_template",
-    "system",
-    "temperature",
-    "top_p",
-    "top_k",
-    "max_new_tokens",
-    "seed",
-)
+# Every setting but these must be the same when a run is resumed in an existing output folder.
+_MAY_CHANGE = ("runs", "batch_size")
 
 
 @dataclass
 class BenchSettings:
-    """Generation settings of a benchmark run. The paper: temperature 0.7, mean of 4 runs. `runs` None: 4 when
-    sampling, 1 for greedy decoding (temperature 0), whose runs would all be the same."""
+    """Generation settings of a benchmark run; `runs` None: 4 when sampling (the paper's), 1 when greedy."""
 
     prompt_template: str = "pvm"
     temperature: float = 0.7
@@ -134,19 +116,11 @@ def run_bench(
 
 
 def _answer_batch(loaded: LoadedModel, samples: SampleSet, batch: list, run: int, start: int, settings: BenchSettings):
-    prompts = [
-        render_prompt(settings.prompt_template, sample.question, sample.options, sample.kind, settings.system)
-        for sample in batch
-    ]
-    generation = generate(
-        loaded,
-        encode_prompts(loaded.processor, prompts, [samples.images(sample) for sample in batch]),
-        max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        top_k=settings.top_k,
-        seed=_seed(settings.seed, run, start),
-    )
+    template, system = settings.prompt_template, settings.system
+    prompts = [render_prompt(template, sample.question, sample.options, sample.kind, system) for sample in batch]
+    inputs = encode_prompts(loaded.processor, prompts, [samples.images(sample) for sample in batch])
+    sampling = {key: getattr(settings, key) for key in ("max_new_tokens", "temperature", "top_p", "top_k")}
+    generation = generate(loaded, inputs, seed=_seed(settings.seed, run, start), **sampling)
     rows = []
     for sample, output, num_tokens in zip(batch, generation.texts, generation.num_tokens):
         result = score(output, sample.answer, sample.options, multiple_choice=sample.kind == "mc")
@@ -171,7 +145,9 @@ def _check_resumable(out: Path, config: dict[str, Any]) -> None:
         return
     previous = json.loads((out / "run_config.json").read_text(encoding="utf-8"))
     changed = [
-        f"{key}: {previous.get(key)!r} -> {config[key]!r}" for key in _IDENTITY if previous.get(key) != config[key]
+        f"{key}: {previous.get(key)!r} -> {config[key]!r}"
+        for key in config
+        if key not in _MAY_CHANGE and previous.get(key) != config[key]
     ]
     if changed:
         raise ValueError(

@@ -1,27 +1,21 @@
 """Evaluation datasets: the rows of a source (`pvm_qwen3vl.data.load_source`) mapped onto question-answering samples.
 
-A JSONL dataset has one object per line, with image paths relative to the file:
+A JSONL dataset has one object per line, with image paths relative to the file (`id` and `options` are optional):
 
     {"id": "q1", "image": "images/q1.png", "question": "What is shown?", "options": ["a cat", "a dog"], "answer": "A"}
     {"id": "q2", "image": ["a.png", "b.png"], "question": "What is 1/2 + 1/4?", "answer": "3/4"}
 
-`id` is optional (the row number is used), `options` is optional (open question), `image` may be a list.
-
-Other datasets are mapped with a `ColumnMap` (`--column key=name` on the command line). Multiple choice answers may
-be a letter ("B", "(B)"), an option index ("1", with `answer_format=index`), or the text of an option; options may
-be a list column, a string holding a list (MMMU), or one column per letter (MMBench: `options=A,B,C,D`). A question
-is multiple choice when its `question_type` column says so, when it has options, or when its answer is a lone
-letter A-J (benchmarks whose options are printed inside the question or the image: MMStar, MathVerse vision-only).
-
-Every row is checked when the dataset is loaded, before any generation: its columns, its answer and each image
-(found and readable). All problems are reported at once (a `DataValidationError` naming each sample id and image
-path). Images are decoded only when a sample is used (`SampleSet.images`).
+Other datasets are mapped with a `ColumnMap` (`--column key=name`). A multiple-choice answer may be a letter ("B",
+"(B)"), an option index ("1") or an option's text; options may be a list, a string holding one (MMMU), or a column
+per letter (MMBench). A question is multiple choice when its `question_type` says so, when it has options, or when its
+answer is a lone letter (MMStar and MathVerse print their options in the question or the image). Every row (columns,
+answer, each image) is checked before any generation, and all problems are raised at once, naming each sample id and
+image path. Images are decoded only when a sample is used (`SampleSet.images`).
 """
 
 from __future__ import annotations
 
 import ast
-import json
 import math
 import re
 from collections import Counter
@@ -46,7 +40,6 @@ from pvm_qwen3vl.data import (
 from pvm_qwen3vl.prompts import render_prompt, resolve_template
 
 ANSWER_FORMATS = ("auto", "letter", "index", "text")
-_MISSING = ("", "nan", "none", "null")
 
 
 @dataclass(frozen=True)
@@ -75,9 +68,7 @@ class ColumnMap:
             if not sep:
                 raise ValueError(f"--column {assignment!r}: expected key=column, e.g. question=problem.")
             if key not in known:
-                raise ValueError(
-                    f"--column {assignment!r}: unknown column key {key!r}; the keys are {', '.join(known)}."
-                )
+                raise ValueError(f"--column {assignment!r}: unknown column key {key!r}; keys: {', '.join(known)}.")
             several = key in ("image", "options") and "," in value
             known[key] = tuple(part.strip() for part in value.split(",") if part.strip()) if several else value or None
         return ColumnMap(**known)
@@ -89,19 +80,18 @@ class ColumnMap:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Where a dataset is and how to read it. `filters` keeps rows whose column equals (one of) the given values."""
+    """Where a dataset is and how to read it. `filters` keeps the rows whose column equals one of the values."""
 
     source: str
     subset: str | None = None
     split: str | None = None
     columns: ColumnMap = field(default_factory=ColumnMap)
-    filters: dict[str, Any] = field(default_factory=dict)
+    filters: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One evaluation item: the text of a row and where its images are (`row`). For multiple choice
-    (`kind == "mc"`) `answer` is the correct letter."""
+    """One evaluation item: the text of a row and the row's index; for multiple choice, `answer` is a letter."""
 
     id: str
     row: int
@@ -111,21 +101,16 @@ class Sample:
     kind: str  # "mc" or "open"
 
 
-class SampleSet(Sequence):
+class SampleSet(list):
     """The validated samples of a dataset; `images(sample)` decodes a sample's images when it is used."""
 
     def __init__(self, source: Source, columns: ColumnMap, samples: list[Sample]):
-        self.source, self.columns, self.samples = source, columns, samples
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index):
-        return self.samples[index]
+        super().__init__(samples)
+        self.source, self.columns = source, columns
 
     @property
     def ids(self) -> list[str]:
-        return [sample.id for sample in self.samples]
+        return [sample.id for sample in self]
 
     def images(self, sample: Sample) -> list:
         records = image_records(self.source.rows[sample.row], self.columns, self.source)
@@ -133,8 +118,7 @@ class SampleSet(Sequence):
 
 
 class PromptedSamples(Sequence):
-    """(prompt, images) of each sample of a `SampleSet`, rendered with an evaluation prompt template
-    (`pvm_qwen3vl.prompts.render_prompt`); images are decoded on access."""
+    """(prompt, images) of each sample, rendered with an evaluation prompt template; images are decoded on access."""
 
     def __init__(self, samples: SampleSet, template: str, system: str | None = None):
         self.samples, self.template, self.system = samples, resolve_template(template), system
@@ -143,44 +127,46 @@ class PromptedSamples(Sequence):
         return len(self.samples)
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[position] for position in range(*index.indices(len(self)))]
         sample = self.samples[index]
         prompt = render_prompt(self.template, sample.question, sample.options, sample.kind, self.system)
         return prompt, self.samples.images(sample)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Loading
-# ----------------------------------------------------------------------------------------------------------------------
-
-
 def load_samples(spec: DatasetSpec, limit: int | None = None) -> SampleSet:
-    """Load a dataset, keep the rows its filters select (the first `limit` of them), and check every row: all
-    problems are raised together, as a `DataValidationError`, before anything runs."""
+    """The samples of the rows the filters keep (the first `limit`), every row checked: all problems are raised
+    together as a `DataValidationError`."""
     source = load_source(spec.source, spec.subset, spec.split)
-    source.rows = undecoded_images(source.rows)
-    if spec.filters:
-        source.rows = _filtered(source, spec.filters)
+    rows, names, columns = undecoded_images(source.rows), source.column_names, spec.columns
+    unknown = [column for column in spec.filters if column not in names]
+    if unknown:
+        raise ValueError(f"{source.name}: cannot filter on column(s) {unknown}; the dataset has {names}.")
+    for column, values in spec.filters.items():  # command-line values are strings: "3" selects 3 too
+        wanted = set(map(str, values))
+        rows = _select(rows, [index for index, value in enumerate(_column(rows, column)) if str(value) in wanted])
     if limit is not None:
         if limit < 1:
             raise ValueError(f"--limit must be a positive number of samples, got {limit}.")
-        rows = source.rows
-        source.rows = rows.select(range(min(limit, len(rows)))) if hasattr(rows, "select") else rows[:limit]
-    if len(source) == 0:
+        rows = _select(rows, range(min(limit, len(rows))))
+    if len(rows) == 0:
         raise ValueError(f"{spec.source}: no row is left after the filters {spec.filters}.")
-    columns = spec.columns
-    names = source.column_names
     missing = [name for name in (columns.question, columns.answer, *columns.image_columns) if name not in names]
     if missing:
         raise ValueError(
             f"{spec.source}: column(s) {missing} not found; the dataset has {names}. Map them with "
             "--column KEY=COLUMN, e.g. --column question=problem --column image=img."
         )
-    ids = _ids(source, columns)
+    has_ids = columns.id and columns.id in names
+    ids = [str(value) for value in _column(rows, columns.id)] if has_ids else [str(i) for i in range(len(rows))]
+    repeated = sorted(sample_id for sample_id, count in Counter(ids).items() if count > 1)
+    if repeated:
+        raise ValueError(
+            f"{source.name}: sample ids must be unique (they key resumed runs), but {repeated[:5]} repeat. Map "
+            "another column with --column id=NAME, or --column id= to number the rows."
+        )
+    source.rows = rows
     samples, errors = [], []
-    rows = tqdm(source.rows, desc=f"checking {source.name}", unit="row", disable=len(source) < 1000, leave=False)
-    for index, (sample_id, row) in enumerate(zip(ids, rows)):
+    checked = tqdm(rows, desc=f"checking {source.name}", unit="row", disable=len(rows) < 1000, leave=False)
+    for index, (sample_id, row) in enumerate(zip(ids, checked)):
         try:
             samples.append(build_sample(row, sample_id, index, columns))
             for column, record in image_records(row, columns, source):
@@ -189,51 +175,18 @@ def load_samples(spec: DatasetSpec, limit: int | None = None) -> SampleSet:
             errors.append(RowError(f"{sample_id!r}", problem.column, problem.message))
     if errors:
         raise DataValidationError(
-            source.name, errors, len(source), "Fix these rows, or map other columns with --column KEY=COLUMN."
+            source.name, errors, len(rows), "Fix these rows, or map other columns with --column KEY=COLUMN."
         )
     return SampleSet(source, columns, samples)
 
 
-def _filtered(source: Source, filters: dict[str, Any]):
-    names = source.column_names
-    for column in filters:
-        if column not in names:
-            raise ValueError(f"{source.name}: cannot filter on column {column!r}; the dataset has {names}.")
-    wanted = {
-        column: {str(item) for item in (value if isinstance(value, (list, tuple)) else [value])}
-        for column, value in filters.items()
-    }
-
-    def keep(*values: Any) -> bool:  # command-line values are strings: "3" selects 3 too
-        return all(str(value) in wanted[column] for column, value in zip(wanted, values))
-
-    if hasattr(source.rows, "filter"):  # reads only the filtered columns
-        return source.rows.filter(keep, input_columns=list(wanted))
-    return [row for row in source.rows if keep(*(row.get(column) for column in wanted))]
+def _column(rows, name: str) -> Sequence:
+    """One column of a `datasets.Dataset` or of a list of row dicts."""
+    return rows[name] if hasattr(rows, "column_names") else [row.get(name) for row in rows]
 
 
-def _ids(source: Source, columns: ColumnMap) -> list[str]:
-    if columns.id and columns.id in source.column_names:
-        values = (
-            source.rows[columns.id]
-            if hasattr(source.rows, "column_names")
-            else [row.get(columns.id) for row in source.rows]
-        )
-        ids = [str(value) for value in values]
-    else:
-        ids = [str(index) for index in range(len(source))]
-    repeated = sorted(sample_id for sample_id, count in Counter(ids).items() if count > 1)
-    if repeated:
-        raise ValueError(
-            f"{source.name}: sample ids must be unique (they key resumed runs), but {repeated[:5]} repeat. Map "
-            "another column with --column id=NAME, or --column id= to number the rows."
-        )
-    return ids
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Row -> sample
-# ----------------------------------------------------------------------------------------------------------------------
+def _select(rows, indices):
+    return rows.select(indices) if hasattr(rows, "select") else [rows[index] for index in indices]
 
 
 def build_sample(row: dict, sample_id: str, index: int, columns: ColumnMap) -> Sample:
@@ -269,11 +222,9 @@ def image_records(row: dict, columns: ColumnMap, source: Source) -> list[tuple[s
 
 
 def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
     if isinstance(value, float) and math.isnan(value):
         return True
-    return isinstance(value, str) and value.strip().lower() in _MISSING
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "nan", "none", "null"))
 
 
 def _text(value: Any) -> str:
@@ -317,21 +268,13 @@ def _options(row: dict, spec: str | tuple[str, ...] | None) -> list[str]:
     value = row.get(spec)
     if _is_missing(value):
         return []
-    if isinstance(value, str):
-        value = _parse_list(value, spec)
+    if isinstance(value, str):  # a list written as text, JSON or Python (MMMU)
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise RowProblem(spec, f"options {value[:80]!r}: text that is not a list like ['a', 'b']") from None
     if not isinstance(value, (list, tuple)):
         raise RowProblem(spec, f"options must be a list of strings, got {type(value).__name__}")
     if len(value) > len(LETTERS):
         raise RowProblem(spec, f"{len(value)} options is more than the letters A-Z can label")
     return [str(option).strip() for option in value if not _is_missing(option)]
-
-
-def _parse_list(text: str, column: str) -> list:
-    for parse in (json.loads, ast.literal_eval):
-        try:
-            value = parse(text)
-        except (ValueError, SyntaxError):
-            continue
-        if isinstance(value, (list, tuple)):
-            return list(value)
-    raise RowProblem(column, f'options {text[:80]!r} is a string but not a list such as \'["a", "b"]\'')

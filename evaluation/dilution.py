@@ -1,17 +1,11 @@
 """`pvm-qwen3vl eval dilution`: the Visual Stress Test ("Blind Painter") of the paper.
 
-The model describes an image to a blind painter until the token limit (the end-of-sequence token is suppressed by
-default, so every sample reaches it). The generation is then replayed teacher-forced in one forward with eager
-attention, and read-only hooks measure, at every generated position t and every decoder layer:
-
-- `visual_share`: Ω_V(t) = Z_V / (Z_V + Z_T), the attention mass of the query that produced token t on the visual
-  tokens, averaged over heads (and over images);
-- `pvm_norm`: for PVM layers, the norm of the gated injection ||gate * PVM(h_t)|| at the same position.
-
-Generation runs with no hook attached and the replay reproduces it exactly (a causal model computes the same thing at
-each position), so measuring changes nothing. The layer-mean Ω_V(t) is fitted with a / (b + t), the shape the
-paper's bound β / (β + μt) predicts. For a model that attends uniformly, a is the number of visual tokens and b the
-number of prompt tokens; attention that favours the image raises a/b.
+The model describes an image to a blind painter up to the token limit (its end token suppressed by default). The
+generation is replayed teacher-forced with eager attention under read-only hooks (`generation`, `probes`), which
+measure at every generated position t and decoder layer the visual share Ω_V(t) = Z_V / (Z_V + Z_T) (the attention
+mass of the query that produced token t on the visual tokens, averaged over heads and images) and, on PVM layers,
+the norm of the gated injection ||gate * PVM(h_t)||. The layer-mean Ω_V(t) is fitted with a / (b + t), the shape of
+the paper's bound β / (β + μt); under uniform attention a is the number of visual tokens and b of prompt tokens.
 
 Outputs: `dilution.csv` (`position,layer,visual_share,pvm_norm`; pvm_norm empty where the layer has no PVM),
 `dilution.json` (fits, per-layer means, settings), `dilution.png`, `generations.jsonl`, and with `--compare` the
@@ -23,7 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,13 +59,11 @@ def measure_dilution(
     prompt: Prompt | str,
     *,
     max_new_tokens: int,
-    batch_size: int = 1,
     stop_at_eos: bool = False,
-    temperature: float = 0.0,
-    seed: int = 0,
-    progress: bool = True,
+    **options: Any,
 ) -> DilutionResult:
-    """Run the stress test on each image and average the measurements (see the module docstring)."""
+    """Run the stress test on each image and average the measurements (see the module docstring). `options`:
+    `batch_size`, `seed`, `progress` and sampling (`temperature`, `top_p`, `top_k`; default: greedy)."""
     model = loaded.model
     if model.config._attn_implementation != "eager":
         raise ValueError("measure_dilution needs the model loaded with attn_implementation='eager'.")
@@ -82,18 +73,9 @@ def measure_dilution(
     counts = np.zeros(max_new_tokens)
     result = DilutionResult(loaded.name, share_sum, {}, counts)
     visual_ids = torch.tensor([model.config.image_token_id, model.config.video_token_id])
-    replays = replayed_batches(
-        loaded,
-        [(prompt, [image]) for image in images],
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        min_new_tokens=None if stop_at_eos else max_new_tokens,
-        seed=seed,
-        desc="dilution",
-        progress=progress,
-    )
-    for generation, inputs in replays:
+    items = [(prompt, [image]) for image in images]
+    options.update(max_new_tokens=max_new_tokens, min_new_tokens=None if stop_at_eos else max_new_tokens)
+    for generation, inputs in replayed_batches(loaded, items, desc="dilution", **options):
         prompt_length = generation.prompt_length
         visual_mask = torch.isin(inputs["input_ids"].cpu(), visual_ids)
         start, stop = prompt_length - 1, prompt_length - 1 + generation.new_tokens.shape[1]
@@ -120,11 +102,6 @@ def measure_dilution(
     return result
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Fitting a / (b + t)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
 def fit_inverse(positions: np.ndarray, values: np.ndarray) -> dict[str, float]:
     """Least-squares fit of values ≈ a / (b + t) with b > 0: for each b the best a is closed-form, and b is found on
     a log grid, zoomed in three times around the best point. Returns a, b, r2 and rmse."""
@@ -141,31 +118,28 @@ def fit_inverse(positions: np.ndarray, values: np.ndarray) -> dict[str, float]:
         b, fitted_a, sse = grid[best], float(a[best]), float(errors[best])
         grid = np.geomspace(grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)], 400)
     total = float(np.sum((y - y.mean()) ** 2))
-    return {
-        "a": fitted_a,
-        "b": float(b),
-        "r2": 1.0 - sse / total if total > 0 else math.nan,
-        "rmse": math.sqrt(sse / len(t)),
-    }
+    r2 = 1.0 - sse / total if total > 0 else math.nan
+    return {"a": fitted_a, "b": float(b), "r2": r2, "rmse": math.sqrt(sse / len(t))}
 
 
 def summarize_dilution(result: DilutionResult) -> dict[str, Any]:
     """Fits and per-layer statistics of a measurement."""
-    shares = result.shares
-    steps = shares.shape[1]
-    quarter = max(1, steps // 4)
+    shares, mean = result.shares, result.mean_share
+    quarter = max(1, shares.shape[1] // 4)
     per_layer = shares.mean(axis=1)
+    ranks = np.argsort(np.argsort(mean[np.isfinite(mean)]))  # Spearman's rho against the position (its own rank)
+    spearman = float(np.corrcoef(np.arange(len(ranks)), ranks)[0, 1]) if len(ranks) > 2 else math.nan
     return {
         "model": result.model,
-        "positions": steps,
+        "positions": shares.shape[1],
         "images": len(result.texts),
         "num_visual_tokens": result.num_visual_tokens,
         "prompt_lengths": result.prompt_lengths,
-        "fit": fit_inverse(result.positions, result.mean_share),
+        "fit": fit_inverse(result.positions, mean),
         "layer_fits": {str(layer): fit_inverse(result.positions, shares[layer]) for layer in range(len(shares))},
-        "mean_share_first_quarter": float(np.nanmean(result.mean_share[:quarter])),
-        "mean_share_last_quarter": float(np.nanmean(result.mean_share[-quarter:])),
-        "spearman_share_vs_position": _spearman(result.positions, result.mean_share),
+        "mean_share_first_quarter": float(np.nanmean(mean[:quarter])),
+        "mean_share_last_quarter": float(np.nanmean(mean[-quarter:])),
+        "spearman_share_vs_position": spearman,
         "mean_share_by_layer": [float(value) for value in per_layer],
         "peak_layer": int(np.nanargmax(per_layer)),
         "pvm_layers": sorted(result.pvm_norms),
@@ -173,40 +147,22 @@ def summarize_dilution(result: DilutionResult) -> dict[str, Any]:
     }
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    keep = np.isfinite(y)
-    if keep.sum() < 3:
-        return math.nan
-    ranks_x = np.argsort(np.argsort(x[keep])).astype(float)
-    ranks_y = np.argsort(np.argsort(y[keep])).astype(float)
-    return float(np.corrcoef(ranks_x, ranks_y)[0, 1])
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Files
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def write_csv(result: DilutionResult, path: str | os.PathLike) -> None:
-    """One row per (position, layer): position (1-based generated token), layer (0-based), visual_share, pvm_norm."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["position", "layer", "visual_share", "pvm_norm"])
-        for step in range(result.shares.shape[1]):
-            for layer, shares in enumerate(result.shares):
-                norm = result.pvm_norms.get(layer)
-                writer.writerow([step + 1, layer, f"{shares[step]:.6g}", "" if norm is None else f"{norm[step]:.6g}"])
-
-
 def write_outputs(out: Path, results: list[DilutionResult], settings: dict[str, Any]) -> dict[str, Any]:
     """Write `dilution.csv` (and `dilution_compare.csv` for a second model), `generations.jsonl`, `dilution.json`
     and `dilution.png`; return the summary."""
     from pvm_qwen3vl.evaluation.plotting import plot_dilution
 
+    out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"settings": settings}
     generations = []
     for key, result in zip(("model", "compare"), results):
-        write_csv(result, out / ("dilution.csv" if key == "model" else "dilution_compare.csv"))
+        with open(out / ("dilution.csv" if key == "model" else "dilution_compare.csv"), "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["position", "layer", "visual_share", "pvm_norm"])
+            for step, layer in np.ndindex(result.shares.shape[1], len(result.shares)):
+                norm = result.pvm_norms.get(layer)
+                share = f"{result.shares[layer, step]:.6g}"
+                writer.writerow([step + 1, layer, share, "" if norm is None else f"{norm[step]:.6g}"])
         summary[key] = summarize_dilution(result)
         generations += [
             {"model": result.model, "image": index, "output": text} for index, text in enumerate(result.texts)

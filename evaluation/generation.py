@@ -1,8 +1,6 @@
-"""Generating with a loaded checkpoint (`pvm_qwen3vl.checkpoints.load_for_inference`), and replaying a finished
-generation in one teacher-forced forward, where the analyses measure it with read-only hooks (`probes`).
-
-A causal model computes at each position of the replay exactly what it computed while generating, so measurements
-on the replay describe the generation itself, and generating with no hook attached keeps the outputs untouched.
+"""Generating with a loaded checkpoint, and replaying a finished generation in one teacher-forced forward, where the
+analyses measure it with read-only hooks (`probes`). A causal model computes at each position of the replay what it
+computed while generating, so generating with no hook attached and measuring the replay changes no output.
 """
 
 from __future__ import annotations
@@ -26,8 +24,7 @@ def pvm_layer_indices(model) -> list[int]:
 
 
 def encode_prompts(processor, prompts: Sequence[Prompt | str], images: Sequence[Sequence[Any]]) -> BatchFeature:
-    """One user turn per prompt (its images first, then the text; a `Prompt` may add a system turn), rendered with
-    the chat template and processed into a left-padded batch."""
+    """One user turn per prompt, its images first (a `Prompt` may add a system turn), as a left-padded batch."""
     rendered = []
     for prompt, sample_images in zip(prompts, images, strict=True):
         prompt = Prompt(prompt) if isinstance(prompt, str) else prompt
@@ -43,12 +40,11 @@ def encode_prompts(processor, prompts: Sequence[Prompt | str], images: Sequence[
 @dataclass
 class GeneratedBatch:
     """`sequences` [B, P + N]: the padded prompt (length P), then the new tokens, padded after each end token;
-    `num_tokens`: each sample's tokens before its end token; `finished`: whether it reached one."""
+    `num_tokens`: each sample's tokens before its end token (N when it has none)."""
 
     sequences: torch.Tensor
     prompt_length: int
     num_tokens: list[int]
-    finished: list[bool]
     texts: list[str]
 
     @property
@@ -57,9 +53,8 @@ class GeneratedBatch:
 
     @property
     def measured_steps(self) -> list[int]:
-        """Per sample, the generation steps a replay measures: its kept tokens, and its end token when it stopped."""
-        steps = self.new_tokens.shape[1]
-        return [min(steps, count + int(done)) for count, done in zip(self.num_tokens, self.finished)]
+        """Per sample, the steps a replay measures: its tokens, and its end token when it has one."""
+        return [min(count + 1, self.new_tokens.shape[1]) for count in self.num_tokens]
 
 
 def generate(
@@ -92,28 +87,26 @@ def generate(
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     if replayable:
         kwargs["suppress_tokens"] = [model.config.image_token_id, model.config.video_token_id]
-    pad_id = processor.tokenizer.pad_token_id
-    kwargs["pad_token_id"] = int(eos_ids[0]) if pad_id is None else pad_id
+    kwargs["pad_token_id"] = processor.tokenizer.pad_token_id  # the processor padded the prompts with it
     inputs = batch.to(loaded.device)
     devices = [loaded.device.index or 0] if loaded.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None), torch.no_grad():
         if seed is not None:
             torch.manual_seed(seed)
         sequences = model.generate(**inputs, **kwargs).cpu()
-    prompt_length = inputs["input_ids"].shape[1]
-    ends = [torch.isin(row, eos_ids).nonzero() for row in sequences[:, prompt_length:]]
-    num_tokens = [int(found[0]) if len(found) else sequences.shape[1] - prompt_length for found in ends]
+    prompt_length, num_tokens = inputs["input_ids"].shape[1], []
+    for row in sequences[:, prompt_length:]:
+        ends = torch.isin(row, eos_ids).nonzero()
+        num_tokens.append(int(ends[0]) if len(ends) else len(row))
     trimmed = [row[:count] for row, count in zip(sequences[:, prompt_length:], num_tokens)]
     texts = processor.batch_decode(trimmed, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    return GeneratedBatch(sequences, prompt_length, num_tokens, [len(found) > 0 for found in ends], texts)
+    return GeneratedBatch(sequences, prompt_length, num_tokens, texts)
 
 
 def teacher_forced_inputs(batch: BatchFeature, generation: GeneratedBatch) -> BatchFeature:
-    """Inputs that replay a generation in one forward: the prompt and every generated token up to each sample's end
-    token (included), the rest masked."""
-    sequences, prompt_length = generation.sequences, generation.prompt_length
-    new = sequences.shape[1] - prompt_length
-    kept = torch.tensor([min(count + 1, new) for count in generation.num_tokens]).unsqueeze(1)
+    """Inputs that replay a generation in one forward: the prompt and each sample's tokens up to its end token."""
+    sequences, new = generation.sequences, generation.new_tokens.shape[1]
+    kept = torch.tensor(generation.measured_steps).unsqueeze(1)
     prompt_mask = batch["attention_mask"].cpu()
     inputs = {key: value for key, value in batch.items() if key not in ("input_ids", "attention_mask")}
     inputs["input_ids"] = sequences
@@ -128,7 +121,7 @@ def replayed_batches(
     loaded: LoadedModel,
     items: Sequence[tuple[Prompt | str, list]],
     *,
-    batch_size: int,
+    batch_size: int = 1,
     seed: int = 0,
     desc: str = "replay",
     progress: bool = True,

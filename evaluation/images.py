@@ -4,8 +4,6 @@ which have objects to describe all over the canvas."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PIL import Image
 
 from pvm_qwen3vl.data import RowProblem, check_image, image_record, load_image, resolve_path
@@ -24,28 +22,25 @@ def drawn_scenes(count: int, size: int, seed: int) -> list[Image.Image]:
     return [scene.resize((size, size), Image.Resampling.NEAREST) for scene in scenes]
 
 
-def load_images(
-    paths: list[str] | None, limit: int | None, size: int, seed: int, flag: str = "--images"
-) -> tuple[list, list[str]]:
+def load_images(paths: list[str] | None, limit: int | None, size: int, seed: int, flag: str = "--images"):
     """(images, their names): the first `limit` of the given files and of the image files inside given folders
-    (sorted), or `limit` drawn scenes (default 4) when no path is given. `flag` names the option in errors."""
+    (sorted), all checked before any is used, or `limit` drawn scenes (default 4) when no path is given. `flag` names
+    the option in errors."""
     if not paths:
-        count = limit or 4
-        return drawn_scenes(count, size, seed), [f"drawn-{seed}-{index}" for index in range(count)]
-    files: list[Path] = []
+        return drawn_scenes(limit or 4, size, seed), [f"drawn-{seed}-{index}" for index in range(limit or 4)]
+    files = []
     for raw in paths:
         path = resolve_path(raw)
+        if not path.exists():
+            raise FileNotFoundError(f"{flag} {raw}: no such file or folder.")
+        found = [path]
         if path.is_dir():
             found = sorted(item for item in path.iterdir() if item.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise FileNotFoundError(f"{flag} {raw}: the folder holds no {'/'.join(IMAGE_SUFFIXES)} file.")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{flag} {raw}: no such file or folder.")
+        if not found:
+            raise FileNotFoundError(f"{flag} {raw}: the folder holds no {'/'.join(IMAGE_SUFFIXES)} file.")
+        files += found
     records = [image_record(str(file), flag) for file in files[:limit]]
-    try:  # every file is checked before any is used
+    try:
         for record in records:
             check_image(record, flag)
     except RowProblem as problem:

@@ -1,11 +1,9 @@
 """`pvm-qwen3vl eval length-groups`: accuracy by output length, base against PVM.
 
-Takes the `predictions.jsonl` of a base run and of a PVM run on the same samples (from `eval bench`). Each sample's
-length is the base model's mean `num_tokens` over its runs and its accuracy the mean of `correct` over runs. The
-samples both files share are sorted by that length (ties by id) and split into equal-size groups (sizes differ by at
-most one). Per group: accuracy of each model, absolute gain, and relative gain (PVM - base) / base.
-
-The paper (MathVerse, 4 groups, shortest to longest): +6.1 %, +7.3 %, +17.0 %, +27.3 %; the longest group goes from
+From the `predictions.jsonl` of a base and a PVM `eval bench` run on the same samples: each shared sample's length
+is the base model's mean `num_tokens` and its accuracy the mean `correct`, over runs. Sorted by length (ties by id)
+and split into equal-size groups; per group, each model's accuracy and the absolute and relative gain (PVM - base) /
+base. The paper (MathVerse, 4 groups, shortest to longest): +6.1 %, +7.3 %, +17.0 %, +27.3 %; the longest goes from
 39.1 to 49.8. Writes `length_groups.json` and `length_groups.png`.
 """
 
@@ -14,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import numpy as np
+
+from pvm_qwen3vl.evaluation.bench import read_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +35,23 @@ def per_sample(rows: list[dict[str, Any]], source: str) -> dict[str, dict[str, f
         grouped.setdefault(str(row["id"]), []).append(row)
     return {
         sample_id: {
-            "num_tokens": statistics.fmean(float(row["num_tokens"]) for row in sample_rows),
-            "correct": statistics.fmean(float(bool(row["correct"])) for row in sample_rows),
-            "runs": len(sample_rows),
+            "num_tokens": fmean(float(row["num_tokens"]) for row in sample_rows),
+            "correct": fmean(float(bool(row["correct"])) for row in sample_rows),
         }
         for sample_id, sample_rows in grouped.items()
+    }
+
+
+def _accuracies(ids, base: dict, pvm: dict) -> dict[str, Any]:
+    base_accuracy = fmean(base[sample_id]["correct"] for sample_id in ids)
+    pvm_accuracy = fmean(pvm[sample_id]["correct"] for sample_id in ids)
+    gain = pvm_accuracy - base_accuracy
+    relative = gain / base_accuracy if base_accuracy > 0 else None
+    return {
+        "base_accuracy": base_accuracy,
+        "pvm_accuracy": pvm_accuracy,
+        "absolute_gain": gain,
+        "relative_gain": relative,
     }
 
 
@@ -59,31 +71,13 @@ def length_groups(base_rows: list[dict], pvm_rows: list[dict], groups: int = 4) 
         logger.warning("ignoring %d samples only in the base file and %d only in the PVM file", only_base, only_pvm)
     report_groups = []
     for number, ids in enumerate(np.array_split(np.array(common, dtype=object), groups), 1):
-        ids = list(ids)
         lengths = [base[sample_id]["num_tokens"] for sample_id in ids]
-        base_accuracy = statistics.fmean(base[sample_id]["correct"] for sample_id in ids)
-        pvm_accuracy = statistics.fmean(pvm[sample_id]["correct"] for sample_id in ids)
-        report_groups.append(
-            {
-                "group": number,
-                "n": len(ids),
-                "min_tokens": min(lengths),
-                "max_tokens": max(lengths),
-                "mean_tokens": statistics.fmean(lengths),
-                "base_accuracy": base_accuracy,
-                "pvm_accuracy": pvm_accuracy,
-                "absolute_gain": pvm_accuracy - base_accuracy,
-                "relative_gain": (pvm_accuracy - base_accuracy) / base_accuracy if base_accuracy > 0 else None,
-            }
-        )
-    base_overall = statistics.fmean(base[sample_id]["correct"] for sample_id in common)
-    pvm_overall = statistics.fmean(pvm[sample_id]["correct"] for sample_id in common)
+        extent = {"min_tokens": min(lengths), "max_tokens": max(lengths), "mean_tokens": fmean(lengths)}
+        report_groups.append({"group": number, "n": len(ids), **extent, **_accuracies(ids, base, pvm)})
     return {
         "n": len(common),
         "groups": report_groups,
-        "base_accuracy": base_overall,
-        "pvm_accuracy": pvm_overall,
-        "relative_gain": (pvm_overall - base_overall) / base_overall if base_overall > 0 else None,
+        **_accuracies(common, base, pvm),
         "ignored": {"only_in_base": only_base, "only_in_pvm": only_pvm},
         "paper_mathverse_relative_gains": PAPER_MATHVERSE_RELATIVE_GAINS if groups == 4 else None,
     }
@@ -95,7 +89,6 @@ def run_length_groups(
     """Read both prediction files (or the bench folders that hold them), write `length_groups.json` and
     `length_groups.png` under `out_dir`."""
     from pvm_qwen3vl.evaluation.plotting import plot_length_groups
-    from pvm_qwen3vl.evaluation.predictions import read_predictions
 
     report = length_groups(read_predictions(base_path), read_predictions(pvm_path), groups)
     report.update(base=str(base_path), pvm=str(pvm_path))

@@ -3,41 +3,27 @@
     lmms-eval --model pvm_qwen3_vl --model_args pretrained=runs/pvm,batch_size=8 \\
         --tasks mmstar,ai2d_lite --gen_kwargs temperature=0.7 --output_path runs/lmms-eval
 
-lmms-eval (an optional dependency, best in its own environment: see `tests/test_eval_lmms.py`) finds the model
-through the project's `lmms_eval.models` entry point, `manifest` in this module. `python -m
-pvm_qwen3vl.evaluation.lmms_eval_adapter ...` registers the model and runs lmms-eval's own command line; in Python,
-call `register()` before `lmms_eval.evaluator`.
+lmms-eval (optional, best in its own environment: see `tests/test_eval_lmms.py`) finds the model through the
+project's `lmms_eval.models` entry point, `manifest`; in Python, call `register()` before `lmms_eval.evaluator`.
 
-The model is a "simple" lmms-eval model: `generate_until` receives each request's context, generation settings and
-`doc_to_visual`, puts the document's images before the text in one user turn (lmms-eval's `<image>` / `<image N>`
-placeholders are dropped, as lmms-eval's own Qwen3-VL model does), and generates in left-padded batches with this
-package's `generation.generate`. Requests are grouped by identical generation settings and batched by prompt length.
-Log-likelihood requests and videos are not supported (lmms-eval's Qwen3-VL model does not support the former
-either). It runs in one process on one device.
-
-`model_args`: `pretrained` (folder or Hub id), `device` (auto), `dtype` (auto), `batch_size` (1),
-`attn_implementation`, `max_new_tokens` (default budget when a task sets none: 1024), `system_prompt`.
+A "simple" lmms-eval model: each request's images go before its text (lmms-eval's `<image>` placeholders dropped, as
+its own Qwen3-VL model does), and requests with the same generation settings run in batches, longest first. No
+log-likelihood requests (as lmms-eval's Qwen3-VL), no videos; one process, one device. `model_args`: `pretrained`,
+`device` (auto), `dtype` (auto), `batch_size` (1), `attn_implementation`, `max_new_tokens` (when a task sets none:
+1024), `system_prompt`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
+from lmms_eval.api.registry import register_model  # the legacy registry, kept by 0.7 beside the manifests
 from tqdm.auto import tqdm
-
-try:  # lmms-eval's legacy registry (kept by 0.7 next to the manifest registry)
-    from lmms_eval.api.registry import register_model
-except ImportError:  # pragma: no cover - very old or future lmms-eval
-
-    def register_model(*names):
-        return lambda cls: cls
-
 
 MODEL_NAME = "pvm_qwen3_vl"
 _PLACEHOLDER = re.compile(r"<image(?:\s*\d+)?>")
@@ -69,45 +55,22 @@ class PVMQwen3VL(lmms):
         from pvm_qwen3vl.checkpoints import load_for_inference
 
         self.loaded = load_for_inference(pretrained, device, dtype, attn_implementation)
-        self.batch_size_per_gpu = int(batch_size)
-        self.default_max_new_tokens = int(max_new_tokens)
-        self.system_prompt = system_prompt
-
-    # -- properties lmms-eval reads --------------------------------------------------------------------------------
-
-    @property
-    def model(self):
-        return self.loaded.model
-
-    @property
-    def tokenizer(self):
-        return self.loaded.processor.tokenizer
-
-    @property
-    def batch_size(self) -> int:
-        return self.batch_size_per_gpu
-
-    @property
-    def device(self):
-        return self.loaded.device
-
-    @property
-    def eot_token_id(self) -> int:
-        return self.tokenizer.eos_token_id
-
-    # -- requests ----------------------------------------------------------------------------------------------------
+        self.device, self.batch_size = self.loaded.device, int(batch_size)
+        self.default_max_new_tokens, self.system_prompt = int(max_new_tokens), system_prompt
 
     def generate_until(self, requests: Sequence[Instance]) -> list[str]:
         from pvm_qwen3vl.evaluation.generation import encode_prompts, generate
         from pvm_qwen3vl.prompts import Prompt
 
-        results: list[str | None] = [None] * len(requests)
+        results = [""] * len(requests)
         groups: dict[str, list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(index)
         bar = tqdm(total=len(requests), desc="pvm_qwen3_vl", disable=self.rank != 0)
         for indices in groups.values():
             gen_kwargs = dict(requests[indices[0]].args[1])
+            until = gen_kwargs.get("until")
+            stops = [until] if isinstance(until, str) else [stop for stop in until or [] if stop]
             indices = sorted(indices, key=lambda index: -len(requests[index].args[0]))
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
@@ -117,12 +80,13 @@ class PVMQwen3VL(lmms):
                 batch = encode_prompts(self.loaded.processor, prompts, images)
                 generation = generate(self.loaded, batch, **self._generation_settings(gen_kwargs))
                 for index, context, text in zip(chunk, contexts, generation.texts):
-                    text = _cut(text, gen_kwargs.get("until"))
+                    for stop in stops:  # the text up to the first stop sequence
+                        text = text.split(stop)[0]
                     results[index] = text
                     self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
                 bar.update(len(chunk))
         bar.close()
-        return [text or "" for text in results]
+        return results
 
     def _visuals(self, request: Instance) -> list:
         from PIL import Image
@@ -135,37 +99,24 @@ class PVMQwen3VL(lmms):
                 images.append(visual.convert("RGB"))
             elif visual is not None:
                 raise NotImplementedError(
-                    f"pvm_qwen3_vl handles still images; task {task!r} gave a {type(visual).__name__} (video/audio)."
+                    f"pvm_qwen3_vl reads still images; task {task!r} gave a {type(visual).__name__}."
                 )
         return images
 
     def _generation_settings(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
-        temperature = float(gen_kwargs.get("temperature") or 0.0)
-        if gen_kwargs.get("do_sample") is False:
-            temperature = 0.0
-        settings: dict[str, Any] = {
-            "max_new_tokens": int(gen_kwargs.get("max_new_tokens") or self.default_max_new_tokens),
-            "temperature": temperature,
-        }
+        sampling = gen_kwargs.get("do_sample") is not False
         top_p = gen_kwargs.get("top_p")
-        if temperature > 0 and top_p not in (None, 0, 0.0):
-            settings["top_p"] = float(top_p)
-        return settings
+        return {
+            "max_new_tokens": int(gen_kwargs.get("max_new_tokens") or self.default_max_new_tokens),
+            "temperature": float(gen_kwargs.get("temperature") or 0.0) if sampling else 0.0,
+            "top_p": float(top_p) if top_p else None,  # used only when sampling
+        }
 
     def loglikelihood(self, requests):
         raise NotImplementedError("pvm_qwen3_vl answers generate_until requests only (as lmms-eval's qwen3_vl).")
 
     def generate_until_multi_round(self, requests):
         raise NotImplementedError("pvm_qwen3_vl does not implement multi-round generation.")
-
-
-def _cut(text: str, until: Any) -> str:
-    """The text up to the first stop sequence."""
-    stops = [until] if isinstance(until, str) else list(until or [])
-    for stop in stops:
-        if stop:
-            text = text.split(stop)[0]
-    return text
 
 
 def manifest():
@@ -182,16 +133,3 @@ def register() -> None:
     models.MODEL_REGISTRY_V2.register_manifest(manifest(), overwrite=True)
     if isinstance(getattr(models, "AVAILABLE_MODELS", None), dict):
         models.AVAILABLE_MODELS[MODEL_NAME] = "PVMQwen3VL"
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """lmms-eval's command line with `pvm_qwen3_vl` registered."""
-    register()
-    from lmms_eval.cli.dispatch import main as lmms_eval_main
-
-    sys.argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
-    lmms_eval_main()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,14 +1,11 @@
-"""Read-only instrumentation of a Qwen3-VL / PVM forward pass.
-
-Every probe is a set of forward hooks that copy what a module computed and return nothing, so the forward computes
-exactly what it computes without them (`tests/test_eval.py` checks that logits and generations are identical). Hooks
-are removed when the `with` block ends, also on errors. Probes measure the query positions [start, stop) of a
-teacher-forced replay (`generation.teacher_forced_inputs`). Attention weights are read where the attention modules
-return them, which only eager attention does.
+"""Read-only instrumentation of a Qwen3-VL / PVM forward pass: forward hooks that copy what a module computed and
+return nothing (`tests/test_eval.py` checks that logits and generations stay identical), removed when the `with`
+block ends. Probes measure the query positions [start, stop) of a replay (`generation.teacher_forced_inputs`).
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
@@ -19,14 +16,11 @@ from pvm_qwen3vl.evaluation.generation import pvm_layer_indices
 EAGER_HINT = "load the model with attn_implementation='eager' (sdpa and flash attention never form the weights)"
 
 
-class Hooks:
+class Hooks(ExitStack):
     """A group of forward hooks, removed on exit."""
 
-    def __init__(self):
-        self._handles: list[Any] = []
-
     def forward(self, module: torch.nn.Module, hook) -> None:
-        self._handles.append(module.register_forward_hook(hook))
+        self.callback(module.register_forward_hook(hook).remove)
 
     def remember_context(self, layer: torch.nn.Module) -> dict[str, Any]:
         """A dict that receives, at each call of a decoder layer, its sequence length and its `pvm_context`."""
@@ -36,20 +30,8 @@ class Hooks:
             state["length"] = (args[0] if args else kwargs["hidden_states"]).shape[1]
             state["context"] = kwargs.get("pvm_context")
 
-        self._handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+        self.callback(layer.register_forward_pre_hook(hook, with_kwargs=True).remove)
         return state
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-
-def _layers(model) -> torch.nn.ModuleList:
-    return model.model.language_model.layers
 
 
 class VisualShareProbe(Hooks):
@@ -67,7 +49,7 @@ class VisualShareProbe(Hooks):
             visual = visual_mask.to(rows.device, torch.float32)[:, None, None, : rows.shape[-1]]
             self.shares[index] = (rows * visual).sum(-1).mean(1).cpu()
 
-        for index, layer in enumerate(_layers(model)):
+        for index, layer in enumerate(model.model.language_model.layers):
             self.forward(layer.self_attn, partial(read, index))
 
 
@@ -95,7 +77,7 @@ class PVMNormProbe(Hooks):
             self.norms[index] = norms[:, start:stop].cpu()
 
         for index in pvm_layer_indices(model):
-            layer = _layers(model)[index]
+            layer = model.model.language_model.layers[index]
             self.forward(layer.pvm, partial(read, index, self.remember_context(layer)))
 
 
@@ -111,7 +93,7 @@ class HiddenStateProbe(Hooks):
             hidden = output[0] if isinstance(output, tuple) else output
             self.hidden[index] = hidden[:, start:stop].detach().clone()
 
-        for index, layer in enumerate(_layers(model)):
+        for index, layer in enumerate(model.model.language_model.layers):
             self.forward(layer, partial(read, index))
 
 
@@ -122,10 +104,8 @@ class CrossAttentionProbe(Hooks):
     def __init__(self, model, layer_index: int):
         super().__init__()
         if layer_index not in pvm_layer_indices(model):
-            raise ValueError(
-                f"--layer {layer_index} has no PVM branch; the PVM layers are {pvm_layer_indices(model)}."
-            )
-        layer = _layers(model)[layer_index]
+            raise ValueError(f"--layer {layer_index} is not a PVM layer; those are {pvm_layer_indices(model)}.")
+        layer = model.model.language_model.layers[layer_index]
         if not hasattr(layer.pvm, "cross_attn"):
             raise ValueError(f"layer {layer_index}'s PVM is the MLP variant: it has no cross-attention to map.")
         self.weights: torch.Tensor | None = None

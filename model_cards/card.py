@@ -1,14 +1,8 @@
-"""The model card (`README.md`) of a PVM checkpoint, rendered from `template.md` with `ModelCard.from_template`.
-
-Metadata follows the Hub's model-card spec: `library_name`, `pipeline_tag`, `base_model` (a Hub id only, with
-`base_model_relation: finetune`), `license`, `datasets`, `tags` and `model-index`. The body explains PVM, states the
-exact PVM configuration, how the checkpoint was trained, its evaluation, a quick start, limitations and the citation.
-
-What a card says about the checkpoint's origin comes, highest priority first, from the arguments, from the card
-already beside the weights (TRL's, or an earlier PVM card: its training and evaluation sections are kept when there is
-nothing newer) and from the model a run started from (`lineage_of`). A model built from a local folder has no Hub
-`base_model`: its card names that folder and its `_name_or_path` in the body instead.
-"""
+"""The model card (`README.md`) of a PVM checkpoint, rendered from `template.md` with `ModelCard.from_template`. What
+it says about the checkpoint's origin comes, highest priority first, from the arguments, from the card already beside
+the weights (TRL's, or an earlier PVM card, whose training and evaluation sections are kept when there is nothing
+newer) and from the model a run started from (`lineage_of`). `base_model` names only a Hub model; a local one is named
+in the body."""
 
 from __future__ import annotations
 
@@ -22,8 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import validate_repo_id
 
 from pvm_qwen3vl import __version__
-from pvm_qwen3vl.model_cards.checkpoint import CHECKPOINT, Checkpoint, read_checkpoint
-from pvm_qwen3vl.model_cards.details import PVMDetails, details_from_folder
+from pvm_qwen3vl.model_cards.checkpoint import CHECKPOINT, Checkpoint, PVMDetails, details_from_folder, read_checkpoint
 from pvm_qwen3vl.model_cards.evals import BenchmarkResult, is_hub_id, load_eval_results
 from pvm_qwen3vl.model_cards.run_summary import RunSummary, summarize_run
 
@@ -35,11 +28,6 @@ PIPELINE_TAG = "image-text-to-text"
 QWEN3_VL_LICENSE = "apache-2.0"  # the license of every Qwen3-VL release, inherited by PVM checkpoints built on them
 PLACEHOLDER = re.compile(r'"your-username/[A-Za-z0-9._-]+"')
 HUB_CACHE_FOLDER = re.compile(r"^models--(?P<owner>[^/]+?)--(?P<name>[^/]+)$")
-NO_EVALUATION = (
-    "No evaluation summary was given when this card was written. Evaluate with `pvm-qwen3vl eval bench` and re-export "
-    "with `--eval-summary summary.json` to add the results here and to the `model-index`."
-)
-NO_TRAINING = "No trainer state was found next to these weights, so the training is not described here."
 
 
 @dataclass
@@ -62,13 +50,13 @@ def _as_list(value: Any) -> list[str]:
 
 def _section(text: str, name: str) -> str | None:
     match = re.search(rf"<!-- pvm-card:{name} -->\n?(.*?)\n?<!-- /pvm-card:{name} -->", text, flags=re.DOTALL)
-    return match.group(1).strip() if match else None
+    return match[1].strip() if match else None
 
 
-def read_previous_card(path: str | Path | None, *, same_weights: bool = True) -> PreviousCard:
+def read_previous_card(path: Path | None, *, same_weights: bool = True) -> PreviousCard:
     """Parse an existing README.md (TRL's or ours). Without `same_weights` (a card at a run's root describes other
     weights) its metadata, origin and trained parameters are kept, not its results."""
-    if path is None or not Path(path).is_file():
+    if path is None or not path.is_file():
         return PreviousCard()
     card = ModelCard.load(path, ignore_metadata_errors=True)
     data, is_pvm = card.data, "pvm" in (card.data.tags or [])
@@ -83,15 +71,14 @@ def read_previous_card(path: str | Path | None, *, same_weights: bool = True) ->
         tags=_as_list(data.tags),
         sections=sections if keep else {},
         eval_results=list(data.eval_results or []) if keep else [],
-        trained=trained.group(1) if trained and is_pvm else None,  # a property of the run, not of the weights
+        trained=trained[1] if trained and is_pvm else None,  # a property of the run, not of the weights
     )
 
 
 def lineage_of(name_or_path: str | None) -> PreviousCard:
-    """What the model a run or a conversion starts from passes on: a Hub id is the base itself; a snapshot in the
-    Hugging Face cache (`.../models--Owner--Name/snapshots/<sha>`) names its repository; a local folder with a PVM card
-    passes on that card's base model or origin, license, datasets and method tags; any other local folder is the
-    origin, by its name and `_name_or_path`."""
+    """What the model a run or a conversion starts from passes on: a Hub id is the base itself; a snapshot in the Hub
+    cache names its repository; a local folder with a PVM card passes on that card's base model or origin, license,
+    datasets and method tags; any other local folder is the origin, by its name and `_name_or_path`."""
     if not name_or_path:
         return PreviousCard()
     if is_hub_id(name_or_path):
@@ -126,11 +113,7 @@ def evaluation_section(results: Sequence[BenchmarkResult]) -> str:
     for result in results:
         dataset = f"[{result.dataset}](https://huggingface.co/datasets/{result.dataset})" if result.dataset else ""
         dataset += f" ({result.split})" if result.split else ""
-        runs = (
-            f"{len(result.runs)} (std {100 * result.std:.2f})"
-            if result.std is not None
-            else str(len(result.runs) or 1)
-        )
+        runs = f"{len(result.runs)} (std {100 * result.std:.2f})" if result.std is not None else len(result.runs) or 1
         lines.append(f"| {result.name} | {dataset} | {100 * result.accuracy:.2f} | {runs} | {result.n or ''} |")
     settings = []
     for key in sorted({key for result in results for key in result.settings}):
@@ -140,34 +123,6 @@ def evaluation_section(results: Sequence[BenchmarkResult]) -> str:
         else:
             settings.append(f"{key} " + ", ".join(f"{value} ({name})" for name, value in values.items()))
     return "\n".join(lines + (["", "Settings: " + "; ".join(settings) + "."] if settings else []))
-
-
-def eval_results_metadata(results: Sequence[BenchmarkResult]) -> list[EvalResult]:
-    """The `model-index` entries: one accuracy per benchmark, equal to the summary's `accuracy` (0-1)."""
-    return [
-        EvalResult(
-            task_type=PIPELINE_TAG,
-            task_name="Image-Text-to-Text",
-            dataset_type=result.dataset or result.name,
-            dataset_name=result.name,
-            dataset_split=result.split,
-            dataset_config=result.config,
-            metric_type="accuracy",
-            metric_name="Accuracy" + (f" (mean of {len(result.runs)} runs)" if len(result.runs) > 1 else ""),
-            metric_value=result.accuracy,
-        )
-        for result in results
-    ]
-
-
-def training_section(run: RunSummary, trained: str | None, datasets: Sequence[str]) -> str:
-    """The card's training table."""
-    rows = run.rows[:1] + ([("Trained parameters", trained)] if trained else []) + run.rows[1:]
-    lines = ["| | |", "|---|---|"] + [f"| {label} | {value} |" for label, value in rows]
-    if datasets:
-        links = ", ".join(f"[{name}](https://huggingface.co/datasets/{name})" for name in datasets)
-        lines += ["", f"Training data: {links}."]
-    return "\n".join(lines)
 
 
 def render_model_card(
@@ -190,26 +145,40 @@ def render_model_card(
     if repo_id is not None:
         validate_repo_id(repo_id)
     base_model = base_model or previous.base_model
-    license = license or previous.license or QWEN3_VL_LICENSE
     datasets = list(datasets or dict.fromkeys([*(run.datasets if run else []), *previous.datasets]))
     seen = {*previous.tags, *(run.tags if run else []), *extra_tags}
     tags = list(dict.fromkeys([*BASE_TAGS, *(tag for tag in METHOD_TAGS if tag in seen), *extra_tags]))
-
-    model_index = eval_results_metadata(eval_results) or previous.eval_results
+    # The `model-index` entries: one accuracy per benchmark, equal to the summary's `accuracy` (0-1).
+    model_index = [
+        EvalResult(
+            task_type=PIPELINE_TAG,
+            task_name="Image-Text-to-Text",
+            dataset_type=result.dataset or result.name,
+            dataset_name=result.name,
+            dataset_split=result.split,
+            dataset_config=result.config,
+            metric_type="accuracy",
+            metric_name="Accuracy" + (f" (mean of {len(result.runs)} runs)" if len(result.runs) > 1 else ""),
+            metric_value=result.accuracy,
+        )
+        for result in eval_results
+    ] or previous.eval_results
     evaluation = evaluation_section(eval_results) if eval_results else previous.sections.get("evaluation")
-    if not (model_index and evaluation):
-        model_index, evaluation = [], NO_EVALUATION
+    if not (model_index and evaluation):  # the template says that there is no evaluation
+        model_index, evaluation = [], None
+    training = previous.sections.get("training")  # the template says when nothing describes the training
     if run is not None:
-        training = training_section(run, trained or previous.trained, datasets)
-    else:
-        training = previous.sections.get("training", NO_TRAINING)
-
+        trained = trained or previous.trained
+        rows = [run.rows[0], *([("Trained parameters", trained)] if trained else []), *run.rows[1:]]
+        lines = ["| | |", "|---|---|", *(f"| {label} | {value} |" for label, value in rows)]
+        links = ", ".join(f"[{name}](https://huggingface.co/datasets/{name})" for name in datasets)
+        training = "\n".join(lines + (["", f"Training data: {links}."] if datasets else []))
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag=PIPELINE_TAG,
         base_model=base_model,
         base_model_relation="finetune" if base_model else None,
-        license=license,
+        license=license or previous.license or QWEN3_VL_LICENSE,
         datasets=datasets or None,
         tags=tags,
         model_name=model_name if model_index else None,
@@ -225,7 +194,6 @@ def render_model_card(
         config=details.config,
         training=training,
         evaluation=evaluation,
-        has_eval=bool(model_index),
         repo_id=repo_id or "your-username/" + re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-."),
         min_transformers="5.16.1",  # the remote code is tested there (tests/serving, .venv-vllm)
         version=__version__,
@@ -234,24 +202,29 @@ def render_model_card(
 
 @dataclass(frozen=True)
 class CardReport:
-    """Where the card went, the card, and what the command line should tell about how it was built."""
+    """Where the card went, the card, and notes on how it was built."""
 
     path: Path
     card: ModelCard
     notes: list[str]
 
 
-def card_for_checkpoint(
-    checkpoint: Checkpoint,
-    details: PVMDetails,
+def write_model_card(
+    model: str | Path | Checkpoint,
+    out_path: str | Path | None = None,
     *,
-    eval_results: Sequence[BenchmarkResult] = (),
+    eval_summary: Any = None,
+    details: PVMDetails | None = None,
     origin: str | None = None,
     model_name: str | None = None,
     **fields: Any,
-) -> tuple[ModelCard, list[str]]:
-    """The card of a checkpoint read from disk, and notes on how it was built. `origin` is the model the checkpoint
-    was made from (see `lineage_of`); `fields` are `render_model_card`'s (base_model, license, datasets, ...)."""
+) -> CardReport:
+    """Write the PVM card of `model` (a folder that `read_checkpoint` takes, or what it read) to `out_path` (default:
+    `model/README.md`), replacing TRL's card. `eval_summary`: see `evals`; `details`: the PVM facts if not those of
+    the weights in `model`; `origin`: the model it was converted or trained from (see `lineage_of`); `fields`:
+    `render_model_card`'s (base_model, license, datasets, repo_id, extra_tags)."""
+    checkpoint = model if isinstance(model, Checkpoint) else read_checkpoint(model)
+    eval_results = load_eval_results(eval_summary)
     notes = [checkpoint.note] if checkpoint.note else []
     same_weights = checkpoint.card is not None and checkpoint.card.parent == checkpoint.model_dir
     previous = read_previous_card(checkpoint.card, same_weights=same_weights)
@@ -268,39 +241,19 @@ def card_for_checkpoint(
         notes.append(f"kept the evaluation results of the existing card {checkpoint.card}")
     run_dir = checkpoint.model_dir.parent if CHECKPOINT.match(checkpoint.model_dir.name) else checkpoint.model_dir
     card = render_model_card(
-        details,
+        details or details_from_folder(checkpoint.config, checkpoint.model_dir),
         previous,
         model_name=model_name or (fields.get("repo_id") or "").split("/")[-1] or run_dir.resolve().name,
         run=summarize_run(checkpoint.trainer_state, checkpoint.training_args),
         eval_results=eval_results,
         **fields,
     )
-    return card, notes
-
-
-def write_model_card(
-    model: str | Path, out_path: str | Path | None = None, *, eval_summary: Any = None, **fields: Any
-) -> CardReport:
-    """Write the PVM card of `model` (a PVM checkpoint, a Trainer output folder or a `checkpoint-N` folder) to
-    `out_path` (default: `model/README.md`), replacing TRL's card.
-
-    `eval_summary`: summary.json path(s), folders or loaded dicts (see `pvm_qwen3vl.model_cards.evals`). `fields`:
-    `origin` (the model it was converted or trained from: a Hub id or a local folder), `base_model` (a Hub id),
-    `license`, `datasets`, `model_name`, `repo_id` (the quick start's repository; `push` fills it in), `extra_tags`.
-    """
-    checkpoint = read_checkpoint(model)
-    details = details_from_folder(checkpoint.config, checkpoint.model_dir)
-    card, notes = card_for_checkpoint(checkpoint, details, eval_results=load_eval_results(eval_summary), **fields)
     out_path = Path(out_path) if out_path else Path(model) / "README.md"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     card.save(out_path)
     return CardReport(out_path, card, notes)
 
 
-def fill_repo_id(readme: str | Path, repo_id: str) -> bool:
-    """Replace the quick start's placeholder repository id in `readme` with `repo_id`. Returns whether it changed."""
-    path = Path(readme)
-    text = path.read_text(encoding="utf-8")
-    updated = PLACEHOLDER.sub(f'"{repo_id}"', text)
-    path.write_text(updated, encoding="utf-8")
-    return updated != text
+def fill_repo_id(readme: Path, repo_id: str) -> None:
+    """Replace the quick start's placeholder repository id in `readme` with `repo_id`."""
+    readme.write_text(PLACEHOLDER.sub(f'"{repo_id}"', readme.read_text(encoding="utf-8")), encoding="utf-8")

@@ -1,25 +1,21 @@
-"""Find what an export or a model card is built from, and read each of its files once.
-
-Accepted inputs: a PVM checkpoint folder (what `pvm-qwen3vl convert` or `save_pretrained` writes), a Trainer output
-folder (its own weights, or only `checkpoint-N/` subfolders) and a single `checkpoint-N/` folder.
-
-Training writes its arguments beside each checkpoint as `training_args.json` (`TrainingArguments.to_json_string()`).
-Older checkpoints have only the pickled `training_args.bin`, which is not read (unpickling runs code): their card
-describes the training from `trainer_state.json` alone, without the arguments' rows (learning rate, batch, ...).
-"""
+"""What a model card or an export is built from: a checkpoint's files, each read once, and its PVM facts. Training
+arguments come from the `training_args.json` that training writes beside each checkpoint; the pickled
+`training_args.bin` of older checkpoints is never read (unpickling runs code), so their card describes the training
+from `trainer_state.json` alone."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from configuration_pvm_qwen3vl import PVMQwen3VLConfig
+import torch
+from safetensors import safe_open
 
-logger = logging.getLogger(__name__)
+from configuration_pvm_qwen3vl import PVMQwen3VLConfig
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 WEIGHT_FILES = (
@@ -28,13 +24,13 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+GATE = re.compile(r"layers\.(\d+)\.pvm\.gate$")
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint's pieces: the folder with the weights and its parsed config, the trainer state and arguments of
-    the run that produced it, an existing card (beside the weights, else at the run's root), and how the folder was
-    picked when it was not the one given."""
+    """The folder with the weights and its config, the trainer state and arguments of the run that produced it, an
+    existing card (beside the weights, else at the run's root) and, when the folder is not the one given, why."""
 
     model_dir: Path
     config: PVMQwen3VLConfig
@@ -44,91 +40,141 @@ class Checkpoint:
     note: str | None = None
 
 
+@dataclass(frozen=True)
+class PVMDetails:
+    """A checkpoint's PVM configuration, its parameter counts and its gates (None when they cannot be read)."""
+
+    config: PVMQwen3VLConfig
+    pvm_parameters: int
+    total_parameters: int
+    gates: dict[int, float] | None
+
+    @property
+    def base_parameters(self) -> int:
+        return self.total_parameters - self.pvm_parameters
+
+    @property
+    def share_of_base(self) -> float:
+        """PVM parameters as a fraction of the backbone's, as the paper reports them (~0.32% at 8B)."""
+        return self.pvm_parameters / self.base_parameters
+
+    @property
+    def mlp_width(self) -> int:
+        from modeling_pvm_qwen3vl import iso_parameter_mlp_width
+
+        config = self.config
+        return iso_parameter_mlp_width(config) if config.pvm_variant == "mlp" else config.pvm_intermediate_size
+
+    @property
+    def dtype(self) -> str | None:
+        dtype = getattr(self.config, "dtype", None) or getattr(self.config.text_config, "dtype", None)
+        return str(dtype).replace("torch.", "") if dtype else None
+
+
 def _has_weights(folder: Path) -> bool:
     return any((folder / name).is_file() for name in WEIGHT_FILES)
 
 
 def _checkpoints(folder: Path) -> list[Path]:
     """The `checkpoint-N` subfolders, oldest step first."""
-    found = [
-        (int(m.group(1)), path) for path in folder.iterdir() if (m := CHECKPOINT.match(path.name)) and path.is_dir()
-    ]
+    found = [(int(m[1]), path) for path in folder.iterdir() if (m := CHECKPOINT.match(path.name)) and path.is_dir()]
     return [path for _, path in sorted(found)]
 
 
-def _why_no_weights(folder: Path) -> str:
-    names = sorted(path.name for path in folder.iterdir())
-    if "adapter_config.json" in names:
-        return (
-            f"{folder} holds a PEFT adapter, not full weights. Merge it into its base first (for a lora+pvm run: "
-            "`pvm_qwen3vl.training.model.merge_lora_pvm(adapter_dir, out_dir)`; otherwise PEFT's `merge_and_unload()` "
-            "then `save_pretrained`) and export the merged folder."
-        )
-    if any(name.startswith("global_step") for name in names):
-        return (
-            f"{folder} holds only a DeepSpeed ZeRO checkpoint. Consolidate it with the `zero_to_fp32.py` script in that "
-            "folder (or train with `stage3_gather_16bit_weights_on_model_save: true`) and export the result."
-        )
-    listing = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "") if names else "nothing"
-    return (
-        f"{folder} has no model weights ({', '.join(WEIGHT_FILES)}) and no checkpoint-N subfolder with them; it "
-        f"contains: {listing}. Pass a PVM checkpoint folder, a Trainer output folder or one of its checkpoint-N folders."
-    )
-
-
-def _read_json(path: Path | None) -> dict[str, Any] | None:
-    """A JSON object file, or None (with a warning when it exists but cannot be read)."""
-    if path is None or not path.is_file():
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        logger.warning("Ignoring unreadable %s: %s", path, error)
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def read_config(folder: Path) -> PVMQwen3VLConfig:
-    """The folder's PVM config; a `ValueError` that says what to do when it is not a PVM checkpoint."""
-    raw = _read_json(folder / "config.json")
-    if raw is None:
-        raise FileNotFoundError(
-            f"{folder} has weights but no readable config.json; it is not a `save_pretrained` folder."
-        )
-    if raw.get("model_type") != PVMQwen3VLConfig.model_type:
-        raise ValueError(
-            f"{folder} is a {raw.get('model_type')!r} checkpoint, not a PVM one (model_type "
-            f"{PVMQwen3VLConfig.model_type!r}). Convert a Qwen3-VL checkpoint first: `pvm-qwen3vl convert BASE OUT`."
-        )
-    return PVMQwen3VLConfig.from_dict(raw)
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); repair or delete it.") from error
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Locate and read the weights' config, the trainer state, the training arguments and an existing card of `path`.
-
-    A Trainer output folder with weights at its root (after `trainer.save_model()`) uses them, with the trainer files
-    from the root or else from the latest `checkpoint-N`; one without uses its latest `checkpoint-N` with weights.
-    Raises `FileNotFoundError`/`ValueError` with the reason and the fix otherwise.
-    """
+    Final weights at a run's root take the trainer files of its latest `checkpoint-N` when the root has none. Raises
+    `FileNotFoundError`/`ValueError` with the reason and the fix otherwise."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(
             f"{path} is not a folder. Pass a PVM checkpoint folder, a Trainer output folder or a checkpoint-N folder."
         )
-    note = None
-    model_dir = path
+    model_dir, note = path, None
     if not _has_weights(path):
         with_weights = [folder for folder in _checkpoints(path) if _has_weights(folder)]
         if not with_weights:
-            raise FileNotFoundError(_why_no_weights(path))
+            raise FileNotFoundError(
+                f"{path} has no model weights ({', '.join(WEIGHT_FILES)}) and no checkpoint-N folder with them: pass a "
+                "PVM checkpoint folder, a Trainer output folder or one of its checkpoint-N folders. Merge a PEFT adapter "
+                "into its base first (lora+pvm: `pvm_qwen3vl.training.model.merge_lora_pvm(adapter, out)`, else PEFT's "
+                "`merge_and_unload()`, then `save_pretrained`); consolidate a DeepSpeed ZeRO checkpoint with its "
+                "`zero_to_fp32.py`."
+            )
         model_dir = with_weights[-1]
         note = (
             f"{path} has no weights at its root: using {model_dir.name}, the latest of {len(with_weights)} checkpoints"
         )
+    config = _read_json(model_dir / "config.json")
+    if config is None:
+        raise FileNotFoundError(f"{model_dir} has weights but no config.json; it is not a `save_pretrained` folder.")
+    if config.get("model_type") != PVMQwen3VLConfig.model_type:
+        raise ValueError(
+            f"{model_dir} is a {config.get('model_type')!r} checkpoint, not a PVM one (model_type "
+            f"{PVMQwen3VLConfig.model_type!r}). Convert a Qwen3-VL checkpoint first: `pvm-qwen3vl convert BASE OUT`."
+        )
     run_dir = model_dir.parent if CHECKPOINT.match(model_dir.name) else model_dir
-    # Final weights at a run's root: the trainer files are those of its latest checkpoint when the root has none.
     trainer_dirs = [model_dir, *(_checkpoints(run_dir)[-1:] if run_dir == model_dir else [])]
-    state = next((data for d in trainer_dirs if (data := _read_json(d / "trainer_state.json"))), None)
-    args = next((data for d in trainer_dirs if (data := _read_json(d / "training_args.json"))), None)
+    state = next(filter(None, (_read_json(folder / "trainer_state.json") for folder in trainer_dirs)), None)
+    args = next(filter(None, (_read_json(folder / "training_args.json") for folder in trainer_dirs)), None)
     card = next((file for file in (model_dir / "README.md", run_dir / "README.md") if file.is_file()), None)
-    return Checkpoint(model_dir, read_config(model_dir), state, args, card, note)
+    return Checkpoint(model_dir, PVMQwen3VLConfig.from_dict(config), state, args, card, note)
+
+
+def _numel(param: torch.Tensor) -> int:
+    return int(getattr(param, "ds_numel", 0) or param.numel())  # a ZeRO-3 partition's full size is its ds_numel
+
+
+def details_from_model(model) -> PVMDetails:
+    """The details of a live PVM model, also inside a PEFT wrapper or with ZeRO-3 partitioned parameters. Sharded
+    gates are not read: FSDP2 DTensors need a collective and a card is written on one rank; ZeRO-3 ones are empty."""
+    sharded = any(hasattr(param, "full_tensor") for name, param in model.pvm_parameters() if name.endswith(".gate"))
+    try:
+        gates = None if sharded else model.pvm_gates()
+    except (IndexError, RuntimeError):  # partitioned (empty) or meta gates: nothing to read
+        gates = None
+    pvm = sum(_numel(param) for _, param in model.pvm_parameters())
+    return PVMDetails(model.config, pvm, sum(_numel(param) for param in model.parameters()), gates)
+
+
+def details_from_folder(config: PVMQwen3VLConfig, folder: str | Path) -> PVMDetails:
+    """The details of the checkpoint in `folder`, whose config is `config`: the parameters counted on the meta device,
+    the gates read from its safetensors files (without loading the other weights)."""
+    from modeling_pvm_qwen3vl import PVMQwen3VLForConditionalGeneration
+
+    with torch.device("meta"):
+        details = details_from_model(PVMQwen3VLForConditionalGeneration(config))
+    gates = {}
+    for file in sorted(Path(folder).glob("model*.safetensors")):
+        with safe_open(file, framework="pt") as weights:
+            for name in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if match := GATE.search(name):
+                    gates[int(match[1])] = weights.get_tensor(name).float().item()
+    return dataclasses.replace(details, gates=dict(sorted(gates.items())) or None)
+
+
+def trained_parameters(model) -> str | None:
+    """Which parameter groups a live model trains, e.g. "PVM branches (184,803); the rest frozen"."""
+    pvm = {id(param) for _, param in model.pvm_parameters()}
+    groups = dict.fromkeys(("PVM branches", "LoRA adapters", "language model", "vision encoder and merger"), 0)
+    frozen = 0
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            frozen += _numel(param)
+        elif "lora_" in name:
+            groups["LoRA adapters"] += _numel(param)
+        elif id(param) in pvm:
+            groups["PVM branches"] += _numel(param)
+        else:
+            groups["vision encoder and merger" if ".visual." in f".{name}" else "language model"] += _numel(param)
+    parts = [f"{label} ({count:,})" for label, count in groups.items() if count]
+    return " + ".join(parts) + ("; the rest frozen" if frozen else "") if parts else None

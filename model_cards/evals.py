@@ -1,13 +1,11 @@
-"""Read evaluation summaries (`pvm-qwen3vl eval bench` writes `summary.json`) for the model card and `model-index`.
+"""Evaluation summaries (`pvm-qwen3vl eval bench` writes `summary.json`) for the model card and its `model-index`.
 
-Accepted, from a file, a folder of `summary.json` files or Python objects: one summary (`{"accuracy": 0.712, "n": 500,
-"run_accuracies": [...], "dataset": "mmstar", "settings": {...}}`), a list of them (what `eval bench --benchmark a,b`
-writes), a mapping of benchmark name to summary, or any of these under a `"benchmarks"` or `"results"` key.
-
-The benchmark's name comes from `title`, `benchmark`, `name` or `dataset` (else the mapping key or the file's folder).
-The card is public: a local path there (`eval bench --data runs/data/eval.jsonl`) gives only its stem (`eval`). A name
-known to `pvm_qwen3vl.evaluation.benchmarks` (e.g. `mmstar`) supplies its title, Hub dataset id, subset and split.
-Every summary needs an `accuracy` between 0 and 1; one marked `"complete": false` is refused.
+Accepted: files, folders of `summary.json` files, loaded objects and lists of these. An object is one summary
+(`{"accuracy": 0.712, "n": 500, "run_accuracies": [...], "dataset": "mmstar", "settings": {...}}`), a list of them, a
+mapping of benchmark name to summary, or any of these under a `"benchmarks"` or `"results"` key. The name comes from
+`title`, `benchmark`, `name` or `dataset` (else the mapping key or the file's folder); a local path gives only its
+stem, as the card is public. A name that `pvm_qwen3vl.evaluation.benchmarks` knows (e.g. `mmstar`) supplies its title,
+Hub dataset id, subset and split. Every summary needs an `accuracy` in [0, 1]; one marked `"complete": false` is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,6 @@ class BenchmarkResult:
 
     @property
     def std(self) -> float | None:
-        """Standard deviation over the runs (None for fewer than two runs)."""
         return statistics.stdev(self.runs) if len(self.runs) > 1 else None
 
 
@@ -66,16 +63,6 @@ def _public_name(value: Any) -> str | None:
     return Path(value).stem if looks_local and not is_hub_id(value) else value
 
 
-def _known_benchmark(*names: Any) -> Any:
-    """The `pvm_qwen3vl.evaluation.benchmarks` entry for one of `names` (e.g. "mmmu_dev"), if it knows one."""
-    try:
-        from pvm_qwen3vl.evaluation.benchmarks import BENCHMARKS
-    except ImportError:  # the evaluation package is optional here
-        return None
-    keys = [name.strip().lower().replace("-", "_") for name in names if isinstance(name, str)]
-    return next((BENCHMARKS[key] for key in keys if key in BENCHMARKS), None)
-
-
 def _fraction(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{where}: accuracy must be a number, got {value!r}.")
@@ -86,7 +73,11 @@ def _fraction(value: Any, where: str) -> float:
 
 
 def _one(summary: Mapping[str, Any], default_name: str | None, where: str) -> BenchmarkResult:
-    known = _known_benchmark(summary.get("benchmark"), summary.get("dataset"), summary.get("name"))
+    from pvm_qwen3vl.evaluation.benchmarks import BENCHMARKS
+
+    names = [summary.get(key) for key in ("benchmark", "dataset", "name")]
+    keys = [name.strip().lower().replace("-", "_") for name in names if isinstance(name, str)]
+    known = next((BENCHMARKS[key] for key in keys if key in BENCHMARKS), None)
     name = next(filter(None, (_public_name(summary.get(key)) for key in NAME_KEYS)), None) or default_name
     name = known.title if known is not None and not summary.get("title") else name
     if "accuracy" not in summary:
@@ -121,65 +112,45 @@ def _one(summary: Mapping[str, Any], default_name: str | None, where: str) -> Be
     )
 
 
-def parse_eval_summary(
-    data: Any, default_name: str | None = None, where: str = "eval summary"
-) -> list[BenchmarkResult]:
-    """The benchmark results in one loaded summary object (see the module docstring for the shapes)."""
-    if isinstance(data, Mapping) and "accuracy" in data:
-        return [_one(data, default_name, where)]
-    if isinstance(data, Mapping) and (key := next((k for k in ("benchmarks", "results") if k in data), None)):
-        return parse_eval_summary(data[key], default_name, f"{where}[{key!r}]")
-    if isinstance(data, Mapping) and data and all(isinstance(value, Mapping) for value in data.values()):
-        return [
-            result
-            for name, item in data.items()
-            for result in parse_eval_summary(item, str(name), f"{where}[{name!r}]")
-        ]
-    if isinstance(data, list) and all(isinstance(item, Mapping) for item in data):
-        return [
-            result for i, item in enumerate(data) for result in parse_eval_summary(item, default_name, f"{where}[{i}]")
-        ]
-    keys = f" (keys: {sorted(data)})" if isinstance(data, Mapping) else f" (a {type(data).__name__})"
+def _results(source: Any, name: str | None = None, where: str = "eval summary") -> list[BenchmarkResult]:
+    """The benchmark results in `source`: see the module docstring for what it may be."""
+    if isinstance(source, BenchmarkResult):
+        return [source]
+    if isinstance(source, str | Path):
+        path = Path(source)
+        if (
+            path.is_dir()
+        ):  # `eval bench --benchmark a,b` writes one summary.json per benchmark and a combined one on top
+            files = [path / SUMMARY_FILE] if (path / SUMMARY_FILE).is_file() else sorted(path.rglob(SUMMARY_FILE))
+            if not files:
+                raise FileNotFoundError(
+                    f"{path} is a folder without any {SUMMARY_FILE}; pass the summary file itself."
+                )
+            return [result for file in files for result in _results(file)]
+        if not path.is_file():
+            raise FileNotFoundError(f"Evaluation summary {path} does not exist.")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from error
+        return _results(data, path.parent.name if path.name == SUMMARY_FILE else path.stem, str(path))
+    if isinstance(source, Mapping) and "accuracy" in source:
+        return [_one(source, name, where)]
+    if isinstance(source, Mapping) and (key := next((k for k in ("benchmarks", "results") if k in source), None)):
+        return _results(source[key], name, f"{where}[{key!r}]")
+    if isinstance(source, Mapping) and source and all(isinstance(value, Mapping) for value in source.values()):
+        return [result for key, item in source.items() for result in _results(item, str(key), f"{where}[{key!r}]")]
+    if isinstance(source, list | tuple):
+        return [result for index, item in enumerate(source) for result in _results(item, name, f"{where}[{index}]")]
+    keys = f" (keys: {sorted(source)})" if isinstance(source, Mapping) else f" (a {type(source).__name__})"
     raise ValueError(f"{where}: not an evaluation summary: no 'accuracy' and no benchmark entries{keys}.")
 
 
-def _load_file(path: Path) -> list[BenchmarkResult]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    return parse_eval_summary(data, path.parent.name if path.name == SUMMARY_FILE else path.stem, str(path))
-
-
-def _load(source: Any) -> list[BenchmarkResult]:
-    if isinstance(source, BenchmarkResult):
-        return [source]
-    if isinstance(source, Mapping):
-        return parse_eval_summary(source)
-    if not isinstance(source, str | Path):
-        items = list(source)
-        if all(isinstance(item, Mapping) for item in items):
-            return parse_eval_summary(items)
-        return [result for item in items for result in _load(item)]
-    path = Path(source)
-    if path.is_file():
-        return _load_file(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"Evaluation summary {path} does not exist.")
-    # `eval bench --benchmark a,b` writes one summary.json per benchmark and a combined one on top.
-    files = [path / SUMMARY_FILE] if (path / SUMMARY_FILE).is_file() else sorted(path.rglob(SUMMARY_FILE))
-    if not files:
-        raise FileNotFoundError(f"{path} is a folder without any {SUMMARY_FILE}; pass the summary file itself.")
-    return [result for file in files for result in _load_file(file)]
-
-
-def load_eval_results(sources: str | Path | Mapping | Iterable | None) -> list[BenchmarkResult]:
-    """Benchmark results from any mix of paths (JSON files, folders searched for summary.json) and loaded objects.
-
-    `None` gives none. Raises `ValueError` for a malformed summary or a benchmark given twice, and
-    `FileNotFoundError` for a missing path or a folder without summary.json.
-    """
-    results = [] if sources is None else _load(sources)
+def load_eval_results(sources: Any) -> list[BenchmarkResult]:
+    """Benchmark results from any mix of paths (JSON files, folders searched for summary.json) and loaded objects;
+    none for `None`. Raises `ValueError` for a malformed summary or a benchmark given twice, and `FileNotFoundError`
+    for a missing path or a folder without summary.json."""
+    results = [] if sources is None else _results(sources)
     names = [result.name for result in results]
     if twice := sorted({name for name in names if names.count(name) > 1}):
         raise ValueError(f"Benchmark {twice[0]!r} appears twice in the evaluation summaries; keep one.")

@@ -1,14 +1,7 @@
-"""`pvm-qwen3vl export`: a PVM checkpoint or training output -> a clean folder to upload to the Hub.
-
-The folder holds exactly: the weights as sharded safetensors (`model.safetensors`, or `model-0000i-of-0000n.safetensors`
-plus `model.safetensors.index.json`), `config.json` with `auto_map`, both remote-code files, the processor files
-(`processor_config.json`, tokenizer files, `chat_template.jinja`), `generation_config.json` and the model card
-`README.md`, each readable by all (0644 under the usual umask). Optimizer, scheduler, RNG and trainer state, training
-arguments and TRL's card are left behind.
-
-It is built in a hidden sibling folder, checked, loaded and run in a fresh offline process, and only then moved to
-its destination, so a folder at the destination has always passed verification (unless `verify=False`).
-"""
+"""`pvm-qwen3vl export`: a PVM checkpoint or training output -> a clean folder to upload to the Hub, holding exactly
+sharded safetensors, `config.json` with `auto_map`, both remote-code files, the processor, `generation_config.json`
+and the model card, each readable by all. It is built in a hidden sibling folder, loaded and run in a fresh offline
+process (`verify`) and only then moved to its destination, which therefore has always passed verification."""
 
 from __future__ import annotations
 
@@ -23,11 +16,9 @@ from typing import Any
 from transformers import ProcessorMixin
 from transformers.utils.hub import convert_file_size_to_int
 
-from configuration_pvm_qwen3vl import PVMQwen3VLConfig
 from pvm_qwen3vl.checkpoints import ensure_remote_code, load_processor, make_readable
-from pvm_qwen3vl.model_cards.card import card_for_checkpoint, check_base_model
-from pvm_qwen3vl.model_cards.checkpoint import Checkpoint, read_checkpoint
-from pvm_qwen3vl.model_cards.details import details_from_folder
+from pvm_qwen3vl.model_cards.card import check_base_model, write_model_card
+from pvm_qwen3vl.model_cards.checkpoint import Checkpoint, details_from_folder, read_checkpoint
 from pvm_qwen3vl.model_cards.evals import load_eval_results
 from pvm_qwen3vl.model_cards.verify import VerificationResult, verify_folder
 
@@ -39,6 +30,9 @@ PROCESSOR_FILES = (
 )  # fmt: skip
 SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 INDEX = "model.safetensors.index.json"
+PROCESSOR_FIX = (
+    "Pass --processor with the base model's folder or Hub id (training saves the processor with the model)."
+)
 
 
 @dataclass(frozen=True)
@@ -55,21 +49,19 @@ class ExportReport:
         total = sum(size for _, size in self.files)
         lines = [f"exported {self.source} -> {self.out_dir} ({len(self.files)} files, {total / 1e6:.1f} MB)"]
         lines += [f"  {size:>12,}  {name}" for name, size in self.files]
-        if self.verification is None:
-            lines.append("NOT verified (--no-verify): load it once before uploading")
-        else:
-            v = self.verification
+        if v := self.verification:
             lines.append(
                 f"verified in a fresh offline process: {v.model_class} via AutoModelForImageTextToText, "
                 f"{v.processor_class} via AutoProcessor, {v.generated_tokens} tokens generated, pipeline OK "
                 f"({v.seconds:.1f} s)"
             )
+        else:
+            lines.append("NOT verified (--no-verify): load it once before uploading")
         return "\n".join(lines + [f"note: {note}" for note in self.notes])
 
 
 def check_export_folder(folder: str | Path) -> list[str]:
-    """Problems that keep `folder` from being a clean PVM upload folder (an empty list means none). The export
-    also loads it in a fresh process (see `verify`); this check is what `push` repeats on any folder it is given."""
+    """What keeps `folder` from being a clean PVM upload folder (nothing: an empty list); `push` checks with this."""
     folder = Path(folder)
     if not folder.is_dir():
         return [f"{folder} is not a folder"]
@@ -100,8 +92,9 @@ def _check_destination(source: Path, out_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _save_model(checkpoint: Checkpoint, staging: Path, max_shard_size: int | str, dtype: str) -> PVMQwen3VLConfig:
-    """Load the weights (checking them against the config), save them sharded; returns the saved config."""
+def _save(checkpoint: Checkpoint, processor: str | Path, staging: Path, max_shard_size: int | str, dtype: str):
+    """Load the weights (checking them against the config), save them sharded with the remote code and the processor
+    of `processor`; return the saved config."""
     from modeling_pvm_qwen3vl import PVMQwen3VLForConditionalGeneration
 
     model, info = PVMQwen3VLForConditionalGeneration.from_pretrained(
@@ -114,23 +107,14 @@ def _save_model(checkpoint: Checkpoint, staging: Path, max_shard_size: int | str
         )
     model.save_pretrained(staging, max_shard_size=max_shard_size)
     ensure_remote_code(staging)
-    return model.config
-
-
-def _save_processor(source: Path | str, staging: Path) -> None:
     try:
-        processor = load_processor(str(source))
+        loaded = load_processor(str(processor))
     except (OSError, ValueError) as error:
-        raise FileNotFoundError(
-            f"Cannot load a processor from {source} ({error}). Pass --processor with the base model's folder or Hub id "
-            "(the training script should save the processor with the model)."
-        ) from error
-    if not isinstance(processor, ProcessorMixin) or getattr(processor, "image_processor", None) is None:
-        raise FileNotFoundError(
-            f"{source} has a {type(processor).__name__} but no image processor. Pass --processor with the base "
-            "model's folder or Hub id."
-        )
-    processor.save_pretrained(staging)
+        raise FileNotFoundError(f"Cannot load a processor from {processor} ({error}). {PROCESSOR_FIX}") from error
+    if not isinstance(loaded, ProcessorMixin) or getattr(loaded, "image_processor", None) is None:
+        raise FileNotFoundError(f"{processor} has a {type(loaded).__name__} but no image processor. {PROCESSOR_FIX}")
+    loaded.save_pretrained(staging)
+    return model.config
 
 
 def export_folder(
@@ -143,29 +127,12 @@ def export_folder(
     processor: str | Path | None = None,
     overwrite: bool = False,
     verify: bool = True,
-    verify_timeout: float | None = 3600,
     **card_fields: Any,
 ) -> ExportReport:
-    """Build a clean upload folder `out_dir` from a PVM checkpoint or Trainer output `model`.
-
-    Args:
-        model: a PVM checkpoint folder, a Trainer output folder (its root weights, else its latest checkpoint) or a
-            `checkpoint-N` folder.
-        out_dir: the folder to create. It must not exist or be empty, unless `overwrite` (replaced only after the new
-            folder passed verification).
-        eval_summary: evaluation summaries for the card and `model-index` (see `pvm_qwen3vl.model_cards.evals`).
-        max_shard_size: the largest safetensors shard, e.g. "5GB" (the Hub's recommendation), "2GiB" or bytes.
-        dtype: "auto" keeps the saved dtype; "bfloat16", "float16" or "float32" cast the weights.
-        processor: where to take the processor from if `model` has none (e.g. the base model).
-        verify: load and generate in a fresh offline process (at most `verify_timeout` s) before reporting success.
-        card_fields: `base_model`, `license`, `datasets`, `model_name`, `repo_id`, `extra_tags`, `origin` (see
-            `pvm_qwen3vl.model_cards.card.write_model_card`).
-
-    Raises `ValueError`/`FileNotFoundError` for bad inputs (before anything slow) and
-    `VerificationError` if the folder does not load; `out_dir` is untouched in every error case.
-    """
-    if dtype not in ("auto", "bfloat16", "float16", "float32"):
-        raise ValueError(f"dtype {dtype!r} is not one of auto, bfloat16, float16, float32.")
+    """Build the upload folder `out_dir` from `model` (see `checkpoint.read_checkpoint`); a non-empty `out_dir` only
+    with `overwrite`, replaced once the new folder passed verification. `eval_summary`: see `evals`; `processor`: where
+    to take the processor from if `model` lacks one; `card_fields`: `card.write_model_card`'s. Bad inputs raise
+    `ValueError`/`FileNotFoundError` before anything slow, a failed load `VerificationError`; `out_dir` stays intact."""
     try:  # a bad size fails here, not after the model is loaded
         convert_file_size_to_int(max_shard_size)
     except ValueError as error:
@@ -182,19 +149,19 @@ def export_folder(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        config = _save_model(checkpoint, staging, max_shard_size, dtype)
-        _save_processor(processor or checkpoint.model_dir, staging)
+        config = _save(checkpoint, processor or checkpoint.model_dir, staging, max_shard_size, dtype)
         details = details_from_folder(config, staging)
-        card, notes = card_for_checkpoint(checkpoint, details, eval_results=eval_results, **card_fields)
-        card.save(staging / "README.md")
+        written = write_model_card(
+            checkpoint, staging / "README.md", eval_summary=eval_results, details=details, **card_fields
+        )
         if problems := check_export_folder(staging):
             raise ValueError(f"The export of {checkpoint.model_dir} is incomplete: {'; '.join(problems)}.")
         make_readable(staging)
-        verification = verify_folder(staging, timeout=verify_timeout) if verify else None
+        verification = verify_folder(staging) if verify else None
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     files = sorted((path.name, path.stat().st_size) for path in out_dir.iterdir())
-    return ExportReport(checkpoint.model_dir, out_dir, files, notes, verification)
+    return ExportReport(checkpoint.model_dir, out_dir, files, written.notes, verification)

@@ -1,18 +1,8 @@
-"""`pvm-qwen3vl push`: upload an export folder to the Hugging Face Hub in one commit, with `huggingface_hub`.
-
-The steps are `create_repo(exist_ok=True)`, `create_branch` for a `--revision` other than main, then one
-`upload_folder` call. `upload_folder` makes a single commit: large files are first sent to the Hub's storage, where
-they stay invisible, and the commit that makes every file appear is created last. If anything fails, the branch is
-left as it was; the error says whether the repository or branch had been created by then.
-
-By default the commit also deletes remote files that are not in the folder (stale shards, optimizer states from an
-earlier `Trainer` push), so the branch mirrors the export; `keep_remote_files=True` keeps them. Before uploading,
-the placeholder repository id of the card's quick start (written when `export` was not given `--repo-id`) is
-replaced with the real one in the folder's README.md.
-
-Refusals before anything is sent raise `ValueError` (not an export folder, a bad repository id) or huggingface_hub's
-own `OfflineModeIsEnabled` and `LocalTokenNotFoundError`; a failure on the way raises `HubPushError`.
-"""
+"""`pvm-qwen3vl push`: an export folder -> the Hub, with `create_repo`, `create_branch` for a `--revision` other than
+main, then one `upload_folder`: a single commit, made after the large files are sent, which also deletes the remote
+files that the folder lacks unless `keep_remote_files`. The card's placeholder repository id is filled in first.
+Refusals raise `ValueError` or huggingface_hub's `OfflineModeIsEnabled`/`LocalTokenNotFoundError` before anything is
+sent; a failure on the way raises `HubPushError`, which says what it left on the Hub."""
 
 from __future__ import annotations
 
@@ -28,10 +18,11 @@ from pvm_qwen3vl.model_cards.export import check_export_folder
 
 FIXES = {
     401: "the Hub rejected the token (401). Log in again with `hf auth login` or set a valid HF_TOKEN.",
-    403: "the token may not write to {repo_id} (403). Use a token with write access to the {owner!r} namespace "
-    "(fine-grained tokens need write permission on it).",
+    403: "the token may not write to {repo_id} (403). Use a token with write access to its namespace (fine-grained "
+    "tokens need write permission on it).",
     404: "{repo_id} or the branch was not found (404): check the repository id and --revision.",
 }
+ONE_COMMIT = "upload_folder commits all files at once, so"
 
 
 class HubPushError(RuntimeError):
@@ -56,35 +47,29 @@ class PushResult:
         )
 
 
-def _reason(error: Exception, repo_id: str, endpoint: str) -> str:
+def _failure(stage: str, error: Exception, api: HfApi, repo_id: str, branch: str, created: bool) -> str:
+    """Why the push failed, and what it left on the Hub."""
     if isinstance(error, HfHubHTTPError):
         status = error.response.status_code if error.response is not None else None
-        if status in FIXES:
-            return FIXES[status].format(repo_id=repo_id, owner=repo_id.split("/")[0])
-        return f"the Hub answered {status or 'an error'}: {error.server_message or str(error).splitlines()[0]}"
-    if isinstance(error, OfflineModeIsEnabled):
-        return f"{error}"
-    return f"could not reach {endpoint} ({type(error).__name__}: {error}). Check the network, a proxy or HF_ENDPOINT."
-
-
-def _state(stage: str, error: Exception, repo_id: str, branch: str, created: bool) -> str:
-    """What the failed push left on the Hub."""
+        detail = f"the Hub answered {status or 'an error'}: {error.server_message or str(error).splitlines()[0]}"
+        reason = FIXES[status].format(repo_id=repo_id) if status in FIXES else detail
+    else:
+        reason = f"could not reach {api.endpoint} ({type(error).__name__}: {error}). Check the network or HF_ENDPOINT."
     if stage in ("looking up the repository", "creating the repository"):
-        return "Nothing was uploaded."
+        return f"{reason} Nothing was uploaded."
     state = f"The repository {repo_id} {'was created by this push' if created else 'already existed'}"
     if stage == "creating the branch":
-        return state + "; nothing was uploaded."
+        return f"{reason} {state}; nothing was uploaded."
     state += f" and branch {branch!r} exists" if branch != "main" else ""
     if isinstance(error, HfHubHTTPError):  # the Hub refused: the final commit was not made
-        return state + (
-            ", but no commit was made: upload_folder commits all files at once, so the repository's files are "
-            "unchanged. Retrying re-uses any large files already sent."
+        return (
+            f"{reason} {state}, but no commit was made: {ONE_COMMIT} the repository's files are unchanged. Retrying "
+            "re-uses any large files already sent."
         )
-    return state + (
-        ". upload_folder commits all files at once, so the files on the Hub are either unchanged or all updated: "
-        "unchanged, unless the connection dropped after the Hub received the final commit. Check "
-        f"https://huggingface.co/{repo_id}/commits/{branch} and push again if needed (retrying re-uses the large "
-        "files already sent)."
+    return (
+        f"{reason} {state}. {ONE_COMMIT} the files on the Hub are either unchanged or all updated: unchanged, unless "
+        f"the connection dropped after the Hub received the final commit. Check https://huggingface.co/{repo_id}/"
+        f"commits/{branch} and push again if needed (retrying re-uses the large files already sent)."
     )
 
 
@@ -99,18 +84,9 @@ def push_folder(
     endpoint: str | None = None,
     keep_remote_files: bool = False,
 ) -> PushResult:
-    """Upload the export `folder` to the model repository `repo_id` in one commit.
-
-    Args:
-        folder: a folder written by `pvm-qwen3vl export` (checked again here; trainer clutter is refused).
-        repo_id: `owner/name` on the Hub; created if missing.
-        private: create the repository private (no effect on an existing one).
-        revision: the branch to commit to; created from main if missing. Defaults to main.
-        commit_message: defaults to "Upload PVM-Qwen3-VL checkpoint".
-        token: defaults to the token of `hf auth login` or HF_TOKEN (`huggingface_hub.get_token()`).
-        endpoint: the Hub's URL; defaults to HF_ENDPOINT or https://huggingface.co.
-        keep_remote_files: keep remote files the folder does not have, instead of deleting them in the commit.
-    """
+    """Upload the export `folder` (checked again here) to the model repository `repo_id` (`owner/name`, created if
+    missing, `private` then) in one commit on the branch `revision` (created from main if missing; default main).
+    `token` defaults to that of `hf auth login` or HF_TOKEN, `endpoint` to HF_ENDPOINT or https://huggingface.co."""
     folder = Path(folder)
     if problems := check_export_folder(folder):
         raise ValueError(
@@ -133,7 +109,6 @@ def push_folder(
     api = HfApi(endpoint=endpoint, token=token)
     branch = revision or "main"
     fill_repo_id(folder / "README.md", repo_id)
-
     stage, created = "looking up the repository", False
     try:
         existed = api.repo_exists(repo_id)
@@ -152,6 +127,6 @@ def push_folder(
             delete_patterns=None if keep_remote_files else "*",
         )
     except Exception as error:  # whatever failed, say what state the repository was left in
-        reason, state = _reason(error, repo_id, api.endpoint), _state(stage, error, repo_id, branch, created)
-        raise HubPushError(f"Push to {repo_id} failed while {stage}: {reason} {state}") from error
+        message = _failure(stage, error, api, repo_id, branch, created)
+        raise HubPushError(f"Push to {repo_id} failed while {stage}: {message}") from error
     return PushResult(repo_id, branch, commit.commit_url, commit.oid, created)

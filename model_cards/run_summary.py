@@ -1,14 +1,11 @@
-"""How a checkpoint was trained, from the Trainer's state and arguments, as (label, value) rows for the card.
-
-Both inputs are plain dicts: `trainer_state.json` and `training_args.json` from disk, or `dataclasses.asdict(state)`
-and `args.to_dict()` of a live run (the same content, which is what the files hold). The method (`"sft"`, `"grpo"` or
-None) decides the card's tags; it is recognised from fields only TRL's `SFTConfig`/`GRPOConfig` have, or else from
-what the run logged.
-"""
+"""How a checkpoint was trained, as (label, value) rows for the card, from the trainer's state and arguments: plain
+dicts, either `trainer_state.json` and `training_args.json` or `dataclasses.asdict(state)` and `args.to_dict()` of a
+live run. The method (`"sft"`, `"grpo"` or None) decides the card's tags; it is recognised from fields that only
+TRL's `SFTConfig`/`GRPOConfig` have, or else from what the run logged."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 METHOD_NAMES = {
@@ -46,21 +43,13 @@ LAST_LOGGED = {
 class RunSummary:
     """How a checkpoint was trained: the method, the card's table rows and the dataset ids the arguments name."""
 
-    method: str | None = None
-    rows: list[tuple[str, str]] = field(default_factory=list)
-    datasets: list[str] = field(default_factory=list)
+    method: str | None
+    rows: list[tuple[str, str]]
+    datasets: list[str]
 
     @property
     def tags(self) -> list[str]:
         return ["trl", self.method] if self.method else []
-
-
-def _method(args: dict[str, Any], log_keys: set[str]) -> str | None:
-    if "num_generations" in args or "reward" in log_keys or any(key.startswith("rewards/") for key in log_keys):
-        return "grpo"
-    if "dataset_text_field" in args or "mean_token_accuracy" in log_keys:
-        return "sft"
-    return None
 
 
 def _number(value: Any) -> bool:
@@ -73,15 +62,8 @@ def _text(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
-
-
 def _state_rows(state: dict[str, Any]) -> list[tuple[str, str]]:
-    history = [entry for entry in state.get("log_history") or [] if isinstance(entry, dict)]
-    last = {key: value for entry in history for key, value in entry.items() if _number(value)}
+    last = {key: value for entry in state.get("log_history") or [] for key, value in entry.items() if _number(value)}
     rows = []
     if _number(state.get("global_step")):
         of = f" of {state['max_steps']:,}" if _number(state.get("max_steps")) else ""
@@ -95,31 +77,30 @@ def _state_rows(state: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("Mean training loss", f"{last['train_loss']:.4g}"))
     rows += [(label, f"{last[key]:.4g}") for key, label in LAST_LOGGED.items() if key in last]
     if "train_runtime" in last:
-        rows.append(("Training time", _duration(last["train_runtime"])))
+        minutes, seconds = divmod(round(last["train_runtime"]), 60)
+        hours, minutes = divmod(minutes, 60)
+        rows.append(("Training time", f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"))
     return rows
 
 
-def _args_rows(args: dict[str, Any], method: str | None) -> list[tuple[str, str]]:
-    learning_rate = optimizer = batch = None
+def _args_rows(args: dict[str, Any], method: str | None) -> list[tuple[str, str | None]]:
+    learning_rate = batch = None
     if _number(args.get("learning_rate")):
-        learning_rate = f"{args['learning_rate']:g}"
-        learning_rate += f", {args['lr_scheduler_type']} schedule" if args.get("lr_scheduler_type") else ""
-        ratio, steps = args.get("warmup_ratio"), args.get("warmup_steps")
-        if _number(ratio) and ratio or isinstance(steps, float) and 0 < steps < 1:
-            learning_rate += f", warmup ratio {ratio or steps:g}"
-        elif _number(steps) and steps:
-            learning_rate += f", {int(steps):,} warmup steps"
-    if args.get("optim"):
-        decay = args.get("weight_decay")
-        optimizer = str(args["optim"]) + (f", weight decay {decay:g}" if _number(decay) and decay else "")
+        schedule = f", {args['lr_scheduler_type']} schedule" if args.get("lr_scheduler_type") else ""
+        warmup = args.get("warmup_ratio") or args.get("warmup_steps") or 0
+        warmup = (
+            f", warmup ratio {warmup:g}" if 0 < warmup < 1 else f", {int(warmup):,} warmup steps" if warmup else ""
+        )
+        learning_rate = f"{args['learning_rate']:g}{schedule}{warmup}"
     if _number(args.get("per_device_train_batch_size")):
-        accumulation = args.get("gradient_accumulation_steps")
-        steps = f" x {accumulation} gradient accumulation steps" if _number(accumulation) and accumulation > 1 else ""
+        accumulation = args.get("gradient_accumulation_steps") or 1
+        steps = f" x {accumulation} gradient accumulation steps" if accumulation > 1 else ""
         batch = f"{args['per_device_train_batch_size']} per device{steps} (x number of processes)"
+    decay = f", weight decay {args['weight_decay']:g}" if args.get("weight_decay") else ""
     deepspeed = args.get("deepspeed")
-    rows = [
+    return [
         ("Learning rate", learning_rate),
-        ("Optimizer", optimizer),
+        ("Optimizer", f"{args['optim']}{decay}" if args.get("optim") else None),
         ("Batch", batch),
         ("Mixed precision", "bf16" if args.get("bf16") else "fp16" if args.get("fp16") else None),
         ("Gradient checkpointing", "yes" if args.get("gradient_checkpointing") else None),
@@ -127,7 +108,6 @@ def _args_rows(args: dict[str, Any], method: str | None) -> list[tuple[str, str]
         *((label, _text(args[key])) for key, label in METHOD_ROWS[method].items() if args.get(key) is not None),
         ("Seed", str(args["seed"]) if args.get("seed") is not None else None),
     ]
-    return [(label, value) for label, value in rows if value]
 
 
 def summarize_run(trainer_state: dict[str, Any] | None, training_args: dict[str, Any] | None) -> RunSummary | None:
@@ -135,7 +115,13 @@ def summarize_run(trainer_state: dict[str, Any] | None, training_args: dict[str,
     if not trainer_state and not training_args:
         return None
     state, args = trainer_state or {}, training_args or {}
-    method = _method(args, {key for entry in state.get("log_history") or [] for key in entry})
-    rows = [("Method", METHOD_NAMES[method])] + _state_rows(state) + _args_rows(args, method)
+    logged = {key for entry in state.get("log_history") or [] for key in entry}
+    if "num_generations" in args or "reward" in logged or any(key.startswith("rewards/") for key in logged):
+        method = "grpo"
+    elif "dataset_text_field" in args or "mean_token_accuracy" in logged:
+        method = "sft"
+    else:
+        method = None
+    rows = [("Method", METHOD_NAMES[method]), *_state_rows(state), *_args_rows(args, method)]
     datasets = [args[key] for key in ("dataset_name", "dataset_id") if isinstance(args.get(key), str)]
-    return RunSummary(method, rows, datasets)
+    return RunSummary(method, [(label, value) for label, value in rows if value], datasets)

@@ -1,12 +1,10 @@
-"""Check that an upload folder loads and generates the way its users will load it, in a fresh process, offline.
+"""Check that an upload folder loads and generates as its users will load it: in a fresh process, offline.
 
-`verify_folder(folder)` runs this module of the installed package (`python -m pvm_qwen3vl.model_cards.verify FOLDER
-TOKENS`) with `HF_HUB_OFFLINE=1`, a private remote-code cache and a neutral working directory. The child imports only
-`transformers`, `torch` and `PIL`, never this project's model code: it loads the folder with `AutoConfig`,
-`AutoProcessor` and `AutoModelForImageTextToText` (`trust_remote_code=True`, `local_files_only=True`, as the card's
-quick start does), checks that the model class comes from the folder's own remote-code files, generates a few tokens
-for a chat message with a drawn image, and runs the `image-text-to-text` pipeline on the same message. It prints one
-JSON line that the parent parses; any failure is the child's traceback, whose end the parent reports.
+`verify_folder` runs this module (`python -m pvm_qwen3vl.model_cards.verify FOLDER TOKENS`) with `HF_HUB_OFFLINE=1`,
+a private remote-code cache and a neutral working directory. The child imports only `transformers`, `torch` and `PIL`,
+never this project's model code: it loads the folder with the Auto classes and `trust_remote_code=True`, as the card's
+quick start does, checks that the model class comes from the folder's own code, generates a few tokens for a chat
+message with an image, and runs the `image-text-to-text` pipeline on it. It prints one JSON line for the parent.
 """
 
 from __future__ import annotations
@@ -74,24 +72,19 @@ def _check(folder: str, max_new_tokens: int) -> dict:
     answer = pipeline("image-text-to-text", model=model, processor=processor)(
         text=messages, max_new_tokens=max_new_tokens, generate_kwargs={"do_sample": False}
     )
-    pipeline_text = answer[0]["generated_text"][-1]["content"]
-    if not isinstance(pipeline_text, str):
-        raise VerificationError(f"the pipeline returned {answer!r} instead of generated text")
     return {
         "model_class": loaded[0],
         "config_class": loaded[1],
         "processor_class": type(processor).__name__,
         "generated_tokens": output.shape[1] - inputs["input_ids"].shape[1],
-        "pipeline_text": pipeline_text,
+        "pipeline_text": answer[0]["generated_text"][-1]["content"],
         "seconds": round(time.perf_counter() - start, 2),
     }
 
 
 def verify_folder(folder: str | Path, max_new_tokens: int = 4, timeout: float | None = 3600) -> VerificationResult:
-    """Load `folder` in a fresh offline Python process and generate `max_new_tokens` tokens.
-
-    Raises `VerificationError` with the end of the child's error output if anything fails or it exceeds `timeout`.
-    """
+    """Load `folder` in a fresh offline Python process and generate `max_new_tokens` tokens; raise `VerificationError`
+    with the end of the child's error output if anything fails or it exceeds `timeout`."""
     folder = Path(folder).resolve()
     with tempfile.TemporaryDirectory(prefix="pvm-verify-") as scratch:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(Path(scratch) / "modules")}

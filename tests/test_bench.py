@@ -12,7 +12,8 @@ from transformers import StaticCache
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRMSNorm
 
 from modeling_pvm_qwen3vl import PVMRMSNorm, pvm_block_parameter_count
-from pvm_qwen3vl.benchmarks.cli import PRESET_NAMES, main, register
+from pvm_qwen3vl.benchmarks.cli import PRESET_NAMES, register
+from pvm_qwen3vl.benchmarks.cost_model import cost_model
 from pvm_qwen3vl.benchmarks.models import (
     PRESETS,
     build_inputs,
@@ -22,8 +23,8 @@ from pvm_qwen3vl.benchmarks.models import (
     pvm_decoder_layers,
     recompute_memory_kv,
 )
-from pvm_qwen3vl.benchmarks.throughput import cost_model
 from pvm_qwen3vl.benchmarks.timing import StepwiseGeneration, Variant
+from pvm_qwen3vl.cli import main
 
 VARIANTS = ("base", "pvm", "pvm_recompute")
 SUMMARY_KEYS = {"raw", "median", "min", "max"}
@@ -32,7 +33,7 @@ SUMMARY_KEYS = {"raw", "median", "min", "max"}
 @pytest.fixture(scope="module")
 def smoke_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    assert main(["--smoke", "--out", str(out), "--no-progress"]) == 0
+    assert main(["bench", "--smoke", "--out", str(out), "--no-progress"]) == 0
     return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
 
 
@@ -116,9 +117,9 @@ def test_register_adds_the_bench_command():
     assert args.func is not None and args.batch_sizes == [1, 8] and args.no_train
 
 
-def test_custom_preset_names_missing_flags(tmp_path):
-    with pytest.raises(ValueError, match="--hidden-size"):
-        main(["--preset", "custom", "--out", str(tmp_path)])
+def test_custom_preset_names_missing_flags(tmp_path, capsys):
+    assert main(["bench", "--preset", "custom", "--out", str(tmp_path)]) == 2  # refused before any model is built
+    assert "--preset custom needs --hidden-size" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -153,21 +154,12 @@ def test_static_cache_decoding_matches_the_dynamic_cache():
         assert (logits[0] - logits[1]).abs().max() <= 1e-5
 
 
-def test_before_after_comparison_runs_on_the_smoke_preset(tmp_path):
-    from pvm_qwen3vl.benchmarks.compare import main as compare_main
-
-    out = tmp_path / "before-after.json"
-    assert compare_main(["--preset", "smoke", "--batch-sizes", "1", "--reps", "1", "--out", str(out)]) == 0
-    results = json.loads(out.read_text())
-    assert {"reference/base", "current/base", "current_recompute/base"} <= set(results["batch1"])
-
-
 def test_custom_preset_runs_in_bfloat16(tmp_path):
     shape = ["--hidden-size", "64", "--num-layers", "2", "--intermediate-size", "128", "--num-heads", "4",
              "--num-kv-heads", "2", "--head-dim", "16", "--vocab-size", "256", "--pvm-latent", "32", "--pvm-layers", "1",
              "--image-side", "2"]
     run = ["--reps", "1", "--warmup", "0", "--new-tokens", "2", "--batch-sizes", "1", "--no-train", "--no-progress"]
-    assert main(["--preset", "custom", *shape, *run, "--dtype", "bfloat16", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "--preset", "custom", *shape, *run, "--dtype", "bfloat16", "--threads", "1", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["preset"]["name"] == "custom" and report["preset"]["dtype"] == "bfloat16"
     assert report["preset"]["hidden_size"] == 64 and report["preset"]["pvm_layers"] == [1]

@@ -287,7 +287,7 @@ from transformers import AutoConfig
 from configuration_pvm_qwen3vl import PVMQwen3VLConfig
 from modeling_pvm_qwen3vl import PVMQwen3VLForConditionalGeneration
 from pvm_qwen3vl.training.distributed import gate_values
-from pvm_qwen3vl.model_cards.details import details_from_model
+from pvm_qwen3vl.model_cards.checkpoint import details_from_model
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 deepspeed.init_distributed(dist_backend="gloo")
 config = PVMQwen3VLConfig.from_base_config(AutoConfig.from_pretrained(os.environ["BASE"]))

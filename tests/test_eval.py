@@ -21,14 +21,13 @@ from pvm_qwen3vl.cli import main as cli_main
 from pvm_qwen3vl.convert import convert
 from pvm_qwen3vl.data import DataValidationError, RowProblem
 from pvm_qwen3vl.evaluation import bench as bench_module
-from pvm_qwen3vl.evaluation.bench import BenchSettings, run_bench
+from pvm_qwen3vl.evaluation.bench import BenchSettings, read_predictions, run_bench
 from pvm_qwen3vl.evaluation.benchmarks import BENCHMARKS, parse_benchmarks
 from pvm_qwen3vl.evaluation.data import ColumnMap, DatasetSpec, build_sample, load_samples
 from pvm_qwen3vl.evaluation.dilution import fit_inverse, measure_dilution
 from pvm_qwen3vl.evaluation.generation import encode_prompts, generate, pvm_layer_indices, teacher_forced_inputs
 from pvm_qwen3vl.evaluation.images import drawn_scenes
 from pvm_qwen3vl.evaluation.lens import measure_lens
-from pvm_qwen3vl.evaluation.predictions import read_predictions
 from pvm_qwen3vl.evaluation.probes import CrossAttentionProbe, HiddenStateProbe, PVMNormProbe, VisualShareProbe
 from pvm_qwen3vl.evaluation.retrieval_map import retrieval_maps
 from pvm_qwen3vl.options import PVMArguments

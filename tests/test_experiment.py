@@ -16,7 +16,7 @@ from pvm_qwen3vl.experiment import stats, task
 from pvm_qwen3vl.experiment.run import ExperimentRecipe, experiment, load_recipe, plan_jobs
 from pvm_qwen3vl.tiny import build_tiny_processor
 
-ALL_ARMS = ["base", "control", "pvm", "mlp", "hidden_states", "pvm_grpo"]
+ALL_ARMS = ["base", "control", "pvm", "pvm_llm", "mlp", "hidden_states", "pvm_grpo"]
 
 
 def toy_recipe(base: str, **overrides) -> ExperimentRecipe:

@@ -16,7 +16,7 @@ steps at a given seed; the seed also draws the fresh PVM weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -60,9 +60,10 @@ def resolve_arms(names: list[str]) -> list[Arm]:
     return [ARMS[name] for name in names]
 
 
-def load_arm_model(arm: Arm, base: str, seed: int):
-    """The arm's model before training: the plain base, or the base converted with the arm's PVM options, with fresh
-    PVM weights drawn from `seed` (gates at 0, so it starts as the base exactly)."""
+def load_arm_model(arm: Arm, base: str, seed: int, pvm_layers: list[int] | None = None):
+    """The arm's model before training: the plain base, or the base converted with the arm's PVM options (at
+    `pvm_layers`, default the backbone's preset), with fresh PVM weights drawn from `seed` (gates at 0, so it starts as
+    the base exactly)."""
     from transformers import Qwen3VLForConditionalGeneration
 
     from pvm_qwen3vl.checkpoints import load_pvm_model
@@ -72,7 +73,8 @@ def load_arm_model(arm: Arm, base: str, seed: int):
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model, _ = load_pvm_model(base, arm.pvm, dtype="float32")
+            options = replace(arm.pvm, pvm_layers=list(pvm_layers)) if pvm_layers else arm.pvm
+            model, _ = load_pvm_model(base, options, dtype="float32")
     model.eval()
     return model
 

@@ -13,6 +13,7 @@ COLOURS = {
     "mlp": "#ff7f0e",
     "hidden_states": "#9467bd",
     "pvm_grpo": "#2ca02c",
+    "pvm_llm": "#17becf",
 }
 
 

@@ -25,8 +25,8 @@ from pvm_qwen3vl.experiment.arms import ARMS
 from pvm_qwen3vl.experiment.measure import accuracy_matrix
 from pvm_qwen3vl.experiment.stats import Estimate, bootstrap, paired_difference
 
-COMPARISONS = (("pvm", "control"), ("mlp", "control"), ("hidden_states", "control"), ("pvm_grpo", "control"),
-               ("pvm", "mlp"), ("pvm", "base"), ("control", "base"))  # fmt: skip
+COMPARISONS = (("pvm", "control"), ("pvm_llm", "control"), ("mlp", "control"), ("hidden_states", "control"),
+               ("pvm_grpo", "control"), ("pvm", "mlp"), ("pvm", "base"), ("control", "base"))  # fmt: skip
 
 
 def machine() -> dict:

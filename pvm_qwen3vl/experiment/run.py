@@ -35,8 +35,8 @@ class ExperimentRecipe:
 
     base: str = field(default="embedded:tiny-pretrained", metadata={"help": "the plain Qwen3-VL base every arm starts from"})
     arms: list[str] = field(
-        default_factory=lambda: ["base", "control", "pvm", "mlp", "hidden_states", "pvm_grpo"],
-        metadata={"help": "arms to run (base, control, pvm, mlp, hidden_states, pvm_grpo)"},
+        default_factory=lambda: ["base", "control", "pvm", "pvm_llm", "mlp", "hidden_states", "pvm_grpo"],
+        metadata={"help": "arms to run (base, control, pvm, pvm_llm, mlp, hidden_states, pvm_grpo)"},
     )
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "training seeds (PVM init, batch order)"})
     data_seed: int = field(default=0, metadata={"help": "seed of the training and evaluation items' streams"})
@@ -52,6 +52,7 @@ class ExperimentRecipe:
     eval_split: str = field(
         default="eval", metadata={"help": "split scored: eval (the results), or dev (for choosing settings)", "choices": ["eval", "dev"]}
     )
+    pvm_layers: list[int] | None = field(default=None, metadata={"help": "decoder layers of the PVM branches (default: the preset)"})
     steps: int = field(default=300, metadata={"help": "SFT steps (every SFT arm)"})
     batch_size: int = field(default=16, metadata={"help": "SFT batch size"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "linear warmup share of the steps"})
@@ -170,7 +171,7 @@ def _run_chain(recipe: ExperimentRecipe, chain: list[str], seed: int, out: Path,
     for name in chain:
         arm = ARMS[name]
         start = time.perf_counter()
-        model = load_arm_model(arm, bench.base, seed) if arm.starts_from is None else model
+        model = load_arm_model(arm, bench.base, seed, recipe.pvm_layers) if arm.starts_from is None else model
         log = None
         if arm.stage == "sft":
             schedule = Schedule(recipe.steps, recipe.batch_size, recipe.pvm_learning_rate, recipe.warmup_ratio)
@@ -335,7 +336,7 @@ def register(commands) -> None:
         parser.add_argument(f"--{item.name}", default=item.default, type=type(item.default) if item.default is not None else str,
                             help=item.metadata["help"])  # fmt: skip
     for item in fields(ExperimentRecipe):  # recipe overrides: unset ones keep the recipe's value
-        kind = {"arms": str, "seeds": int, "eval_bins": int}.get(item.name)
+        kind = {"arms": str, "seeds": int, "eval_bins": int, "pvm_layers": int}.get(item.name)
         if kind is not None:
             parser.add_argument(f"--{item.name}", nargs="+", type=kind, default=_UNSET, help=item.metadata["help"])
         else:
