@@ -9,7 +9,7 @@ from the picture, and an imagined thing's colour from its own earlier words, in 
 dilutes. It never sees the longer depths that the experiment trains (up to 128) and evaluates (up to 512).
 
 Deterministic: one torch thread, fixed seeds; regenerating on the same machine writes byte-identical weights (other
-CPUs may round differently, see the README). About 15 minutes on one core.
+CPUs may round differently, see the README). 10 to 30 minutes on one core, depending on what else runs.
 
 Usage::
 
@@ -77,6 +77,7 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out_dir)
     processor.save_pretrained(args.out_dir)
+    (args.out_dir / "model.safetensors").chmod(0o644)  # readable by everyone, like the other shipped files
     card = {
         "what": "tiny Qwen3-VL pretrained on the PVM stress task's short monologues (scripts/make_tiny_pretrained_base.py)",
         "steps": schedule.steps,

@@ -19,6 +19,6 @@ def pretrained_base() -> Path:
     if not (PRETRAINED_DIR / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"The pretrained tiny base is missing from {PRETRAINED_DIR}. Rebuild it with "
-            "`python scripts/make_tiny_pretrained_base.py` (about 15 minutes on one CPU core)."
+            "`python scripts/make_tiny_pretrained_base.py` (10 to 30 minutes on one CPU core)."
         )
     return PRETRAINED_DIR

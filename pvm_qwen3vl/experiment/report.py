@@ -76,12 +76,12 @@ def aggregate(runs: dict[str, dict[int, dict]], seeds: list[int], bins) -> dict:
             "by_position": [bootstrap(matrix[:, b]).to_json() for b in range(len(bins))],
             "per_seed": [[round(float(np.nanmean(matrix[s, b])), 4) for b in range(len(bins))] for s in range(len(matrix))],
             "text_by_position": [bootstrap(text[arm][:, b]).to_json() for b in range(len(bins))],
-            "gates": {str(seed): run["gates"] for seed, run in by_seed.items() if run.get("gates")},
+            "gates": {str(seed): by_seed[seed]["gates"] for seed in sorted(by_seed) if by_seed[seed].get("gates")},
             "mechanism": {
                 key: [_mean([m[key][b] for m in mechanisms]) for b in range(len(bins))]
                 for key in (mechanisms[0] if mechanisms else {})
             },
-            "train_seconds": {str(seed): run.get("train_seconds") for seed, run in by_seed.items()},
+            "train_seconds": {str(seed): by_seed[seed].get("train_seconds") for seed in sorted(by_seed)},
         }
     differences = {}
     for a, b in COMPARISONS:
@@ -100,7 +100,7 @@ def _mean(values: list[float]) -> float:
 
 
 def training_logs(runs: dict[str, dict[int, dict]]) -> dict:
-    return {arm: {seed: run["log"] for seed, run in by_seed.items() if run.get("log")} for arm, by_seed in runs.items()}
+    return {arm: {seed: by_seed[seed]["log"] for seed in sorted(by_seed) if by_seed[seed].get("log")} for arm, by_seed in runs.items()}
 
 
 def write(out: Path, results: dict, runs: dict, train_depth: int) -> dict[str, Path]:
@@ -163,7 +163,9 @@ def markdown(results: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs ({m['cpu_capability']}), {m['platform']}, torch {m['torch']}; "
         f"{results['workers']} worker processes x 1 torch thread; load average at the start "
-        f"{results['load_average_start']}, at the end {m['load_average_1_5_15']}. Wall time {results['wall_seconds']:.0f} s.",
+        f"{results['load_average_start']}, at the end {m['load_average_1_5_15']}. Wall time {results['wall_seconds']:.0f} s "
+        f"for the {results.get('jobs_run', '?')} jobs run then"
+        + (f" ({results['jobs_resumed']} more resumed from an earlier run)." if results.get("jobs_resumed") else "."),
         "",
     ]
     return "\n".join(lines)

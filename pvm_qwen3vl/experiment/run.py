@@ -6,9 +6,11 @@
 A recipe (YAML, `pvm_qwen3vl/experiment/recipes/`) sets the data, the arms and the optimisation; any recipe field can
 be overridden on the command line. A job is one seed of one arm (with the arms that continue it, e.g. `pvm_grpo` after
 `pvm`): it builds the items (deterministic, from their own seed streams), trains, scores every evaluation item and
-measures the mechanism on a subset, and writes `OUT/runs/<arm>-seed<seed>.json`. Jobs run in `--workers` processes of
-one torch thread each (the tiny model's matrices are too small to split across threads), so the same seed gives the
-same numbers whatever the machine's thread settings; finished jobs are kept, so an interrupted run resumes.
+measures the mechanism on a subset, and writes `OUT/jobs/<arm>-seed<seed>.json` (every item's result, the training
+log). Jobs run in `--workers` processes of one torch thread each (the tiny model's matrices are too small to split
+across threads), so the same seed gives the same numbers whatever the machine's thread settings. Finished jobs are
+kept, so an interrupted run resumes. Then `OUT/results.json`, `OUT/results.md` and the figures are written
+(`report.py`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class ExperimentRecipe:
     )
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "training seeds (PVM init, batch order)"})
     data_seed: int = field(default=0, metadata={"help": "seed of the training and evaluation items' streams"})
-    n_train: int = field(default=2000, metadata={"help": "training items"})
+    n_train: int = field(default=4000, metadata={"help": "training items"})
     train_depth: int = field(default=128, metadata={"help": "training probes lie at depths 0..train_depth tokens"})
     train_text_share: float = field(default=0.5, metadata={"help": "share of text probes among the training items"})
     eval_per_bin: int = field(default=100, metadata={"help": "evaluation items per depth bin (image probes)"})
@@ -56,8 +58,8 @@ class ExperimentRecipe:
     steps: int = field(default=300, metadata={"help": "SFT steps (every SFT arm)"})
     batch_size: int = field(default=16, metadata={"help": "SFT batch size"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "linear warmup share of the steps"})
-    control_learning_rate: float = field(default=1e-3, metadata={"help": "peak LR of the language model when it trains (control, pvm_llm)"})
-    pvm_learning_rate: float = field(default=3e-3, metadata={"help": "peak LR of a PVM branch (pvm, pvm_llm, mlp, hidden_states)"})
+    control_learning_rate: float = field(default=3e-3, metadata={"help": "peak LR of the language model when it trains (control, pvm_llm)"})
+    pvm_learning_rate: float = field(default=1e-2, metadata={"help": "peak LR of a PVM branch (pvm, pvm_llm, mlp, hidden_states)"})
     grpo_steps: int = field(default=100, metadata={"help": "GRPO steps (pvm_grpo)"})
     grpo_learning_rate: float = field(default=1e-4, metadata={"help": "GRPO LR (constant, no warmup, as the paper)"})
     grpo_group_size: int = field(default=8, metadata={"help": "completions sampled per probe"})
@@ -201,7 +203,7 @@ def _run_chain(recipe: ExperimentRecipe, chain: list[str], seed: int, out: Path,
         }
         if name in save_arms:
             save_checkpoint(model, out / "models" / f"{name}-seed{seed}", processor=bench.processor)
-        path = out / "runs" / f"{name}-seed{seed}.json"
+        path = out / "jobs" / f"{name}-seed{seed}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record) + "\n", encoding="utf-8")
         records.append(record)
@@ -228,7 +230,7 @@ def plan_jobs(recipe: ExperimentRecipe) -> list[tuple[list[str], int]]:
 
 
 def _done(out: Path, chain: list[str], seed: int) -> list[dict] | None:
-    paths = [out / "runs" / f"{name}-seed{seed}.json" for name in chain]
+    paths = [out / "jobs" / f"{name}-seed{seed}.json" for name in chain]
     if all(path.is_file() for path in paths):
         return [json.loads(path.read_text(encoding="utf-8")) for path in paths]
     return None
@@ -250,7 +252,7 @@ def experiment(
     out = Path(out)
     settings = out / "recipe.json"
     if fresh and settings.is_file():
-        for folder in ("runs", "models"):
+        for folder in ("jobs", "models"):
             shutil.rmtree(out / folder, ignore_errors=True)
         settings.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -303,7 +305,10 @@ def experiment(
                   "mechanism_per_bin": recipe.mechanism_per_bin},  # fmt: skip
         "workers": workers,
         "load_average_start": load_start,
+        # the time of the jobs run by this call; jobs resumed from an earlier call are counted apart
         "wall_seconds": round(time.perf_counter() - start, 1),
+        "jobs_run": len(pending),
+        "jobs_resumed": len(jobs) - len(pending),
         "machine": report.machine(),
     }
     report.write(out, results_json, ordered, recipe.train_depth)

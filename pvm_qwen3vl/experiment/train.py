@@ -1,8 +1,8 @@
 """Training on the stress task: supervised fine-tuning on the probes' colours, and a GRPO stage.
 
 Every arm trains with the same loop, data, batch order and step count; only the model and its trainable set differ.
-The loss is the cross-entropy of each probe's colour token given the forced monologue before it (the monologue's
-chatter is random, so there is nothing to learn from it). Optimiser: AdamW with a linear warmup and a cosine decay, as
+The loss is the cross-entropy of each probe's colour token given the forced monologue before it (the sentences before
+the probe are drawn at random, so there is nothing to learn from them). Optimiser: AdamW with a linear warmup and a cosine decay, as
 in the paper's stage 1. The GRPO stage samples `group_size` colours at every probe, rewards the correct one, and takes
 the group-normalised advantage (the paper's GRPO with a one-token completion, no KL term).
 """
