@@ -1,5 +1,5 @@
 """Images for the analyses: the given files (and the images inside given folders), or, when none is given, scenes of
-coloured shapes drawn from a seed (`pvm_qwen3vl.training.synthetic`'s "describe" scenes, enlarged without smoothing),
+coloured shapes drawn from a seed (`pvm_qwen3vl.scenes`, enlarged without smoothing),
 which have objects to describe all over the canvas."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ def drawn_scenes(count: int, size: int, seed: int) -> list[Image.Image]:
     """`count` synthetic scenes of `size` x `size` pixels, the same for the same seed."""
     import numpy as np
 
-    from pvm_qwen3vl.training.synthetic import DESCRIBE_COLOURS, DESCRIBE_OBJECTS, draw_scene, sample_scene
+    from pvm_qwen3vl.scenes import draw_scene, sample_scene
 
     rng = np.random.default_rng(seed)
-    scenes = [draw_scene(sample_scene(rng, DESCRIBE_OBJECTS, DESCRIBE_COLOURS)) for _ in range(count)]
+    scenes = [draw_scene(sample_scene(rng)) for _ in range(count)]
     return [scene.resize((size, size), Image.Resampling.NEAREST) for scene in scenes]
 
 

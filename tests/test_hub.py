@@ -16,6 +16,7 @@ import shutil
 import stat
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 from conftest import chat, load_pvm, random_image
@@ -435,9 +436,16 @@ def test_known_benchmark_names_give_their_hub_dataset():
 
 def test_eval_bench_on_a_local_jsonl_gives_a_public_model_index(export, tmp_path, capsys):
     """`eval bench --data <local JSONL>` then `export --eval-summary`: the card names the benchmark, never the path."""
-    from pvm_qwen3vl.training.synthetic import build_synthetic_splits
+    from pvm_qwen3vl.scenes import draw_scene, sample_scene
 
-    data = build_synthetic_splits(tmp_path / "data", 1, 1, 3)["eval"]
+    data = tmp_path / "eval.jsonl"
+    rows = []
+    for index in range(3):
+        scene = sample_scene(np.random.default_rng(index))
+        draw_scene(scene).save(tmp_path / f"{index}.png")
+        rows.append({"id": f"q{index}", "image": f"{index}.png", "question": "What colour is the first shape?",
+                     "answer": scene.objects[0].colour})  # fmt: skip
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     bench = tmp_path / "bench"
     argv = ["eval", "bench", "--model", str(export.out_dir), "--data", str(data), "--out", str(bench), "--runs", "2",
             "--max-new-tokens", "2", "--device", "cpu", "--dtype", "float32"]  # fmt: skip

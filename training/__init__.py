@@ -7,7 +7,6 @@
 * ``rewards``: the paper's format and accuracy rewards (weighted by the recipe's `reward_weights`), plus shaping.
 * ``model``: the trainable sets (``pvm``, ``pvm+llm``, ``lora+pvm``) and LoRA adapters.
 * ``callbacks``: PVM gate / output-norm monitoring and self-contained checkpoints.
-* ``synthetic``: deterministic synthetic shapes data.
 
 Recipes live in ``training/recipes`` (YAML, one per model and stage) and launcher configs in ``training/accelerate``.
 """

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pvm_qwen3vl.training.synthetic import COLOUR_NAMES, SHAPES, Scene, SceneObject, draw_scene
+from pvm_qwen3vl.scenes import COLOUR_NAMES, SHAPES, Scene, SceneObject, draw_scene, place
 
 SPLITS = ("pretrain", "train", "dev", "eval")
 CANVAS = 64
@@ -123,13 +123,9 @@ def sample_scene(rng: np.random.Generator, objects: tuple[int, int] = OBJECTS) -
     shapes = [SHAPES[int(i)] for i in rng.choice(len(SHAPES), size=count, replace=False)]
     objects = []
     for cell, shape in zip(cells, shapes):
-        row, col = divmod(cell, GRID)
-        size = SHAPE_SIZES[int(rng.integers(len(SHAPE_SIZES)))]
-        slack = CELL - 2 * CELL_MARGIN - size
-        x0 = col * CELL + CELL_MARGIN + int(rng.integers(0, slack + 1))
-        y0 = row * CELL + CELL_MARGIN + int(rng.integers(0, slack + 1))
+        bbox, row_col = place(rng, cell, GRID, CELL, CELL_MARGIN, SHAPE_SIZES)
         colour = COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]
-        objects.append(SceneObject(shape, colour, (x0, y0, x0 + size, y0 + size), (row, col)))
+        objects.append(SceneObject(shape, colour, bbox, row_col))
     return Scene(objects=tuple(objects), size=CANVAS)
 
 
