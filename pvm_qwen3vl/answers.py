@@ -1,5 +1,5 @@
 """Reading the answer out of a model's output and matching it to the gold answer: the one matcher used by the GRPO
-accuracy reward, the benchmark scoring and the quickstart, so that a reward and a benchmark never disagree.
+accuracy reward and the benchmark scoring, so that a reward and a benchmark never disagree.
 
 Extraction (`answer_span`):
 

@@ -191,6 +191,11 @@ def pvm_config_for(
     )
 
 
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
 def load_pvm_model(
     path: str,
     options: PVMArguments | None = None,
@@ -203,11 +208,12 @@ def load_pvm_model(
     RNG first for reproducible ones) with its gates at `pvm_gate_init`; a PVM checkpoint loads as saved."""
     config, converted = pvm_config_for(path, options, revision)
     # A conversion's only missing weights are the new PVM ones (checked below and summarised in one line): keep
-    # transformers' per-key load report for loads where something is really missing.
+    # transformers' per-key load report for loads where something is really missing. (A filter, not a level: the
+    # logger's level switches other checks on.)
     report_logger = logging.getLogger("transformers.modeling_utils")
-    level = report_logger.level
-    if converted:
-        report_logger.setLevel(logging.ERROR)
+    hide_report = _DropLoadReport() if converted else None
+    if hide_report:
+        report_logger.addFilter(hide_report)
     try:
         model, info = PVMQwen3VLForConditionalGeneration.from_pretrained(
             path,
@@ -218,7 +224,7 @@ def load_pvm_model(
             output_loading_info=True,
         )
     finally:
-        report_logger.setLevel(level)
+        report_logger.removeFilter(hide_report)
     _keep_used_weight_conversions(model)
     missing = [key for key in info["missing_keys"] if not (converted and ".pvm." in key)]
     unexpected = sorted(info["unexpected_keys"])
@@ -229,7 +235,7 @@ def load_pvm_model(
         )
     if converted:
         added = sum(getattr(param, "ds_numel", param.numel()) for _, param in model.pvm_parameters())
-        logger.warning(
+        logger.info(
             "Converted %s: PVM at layers %s (latent %d), %s new parameters, gates at %g",
             path, config.pvm_layers, config.pvm_hidden_size, f"{added:,}", config.pvm_gate_init,
         )  # fmt: skip

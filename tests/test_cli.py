@@ -10,7 +10,7 @@ import pytest
 from pvm_qwen3vl import __version__
 from pvm_qwen3vl.cli import build_parser, main
 
-COMMANDS = {"tiny-base", "convert", "train", "eval", "bench", "card", "export", "push", "quickstart"}
+COMMANDS = {"tiny-base", "convert", "train", "eval", "bench", "card", "export", "push", "serve", "quickstart", "experiment"}
 
 
 def test_every_command_is_registered():
