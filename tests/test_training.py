@@ -383,6 +383,29 @@ def test_resume_gives_the_same_weights_and_optimizer_steps(tiny_base, tmp_path):
         for run_dir in (straight, resumed)
     ]
     assert steps[0] == steps[1] == {4}
+    tokens = [
+        [entry["num_tokens"] for entry in finished_log if "num_tokens" in entry]
+        for finished_log in (
+            json.loads((run_dir / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+            for run_dir in (straight, resumed)
+        )
+    ]
+    assert tokens[0] == tokens[1]  # the token count continues from the checkpoint's instead of restarting at 0
+
+
+def interrupt_after_saving(folder, *, trainer, stage):
+    """A `--model_card_hook` standing in for Ctrl-C right after the step-2 checkpoint."""
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(tiny_base, tmp_path, capsys):
+    out = tmp_path / "interrupted"
+    argv = ["train", "sft", "--config", TINY_SFT, "--model_name_or_path", tiny_base, "--max_steps", "4",
+            "--save_steps", "2", "--output_dir", str(out), "--model_card_hook", "test_training.interrupt_after_saving"]  # fmt: skip
+    assert cli_main(argv) == 130
+    error = capsys.readouterr().err
+    assert f"Interrupted at step 2: the last checkpoint is {out / 'checkpoint-2'}" in error
+    assert "--resume_from_checkpoint true" in error and "Traceback" not in error
 
 
 # --- bad data ----------------------------------------------------------------------------------------------------------
@@ -549,7 +572,11 @@ def test_a_finished_run_is_never_overwritten(sft_run, tiny_base, capsys):
     argv = ["train", "sft", "--config", TINY_SFT, "--model_name_or_path", tiny_base, "--output_dir", str(sft_run.out)]
     assert cli_main(argv) == 2
     error = capsys.readouterr().err
-    assert "already holds a run" in error and "--resume_from_checkpoint true" in error and "--overwrite_output_dir" in error
+    assert (
+        "already holds a run" in error
+        and "--resume_from_checkpoint true" in error
+        and "--overwrite_output_dir" in error
+    )
     assert (sft_run.out / "model.safetensors").read_bytes() == before
 
 

@@ -11,6 +11,7 @@ final model with its remote code, processor and PVM model card.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import sys
 import warnings
@@ -263,6 +264,7 @@ def run(stage: str, script_args, training_args, model_args, pvm_args, make_train
     allow_fsdp_on_cpu()
     trainer = make_trainer(prepared)
     check_engaged(trainer)
+    continue_token_count(trainer, resume_arg(training_args))
     logger.info("Distributed setup: %s", describe(trainer))
     logger.info("%s", verify_trainable(trainer.model, prepared.mode).summary())
     if script_args.log_pvm_stats:
@@ -291,6 +293,18 @@ def run(stage: str, script_args, training_args, model_args, pvm_args, make_train
     trainer.end() if hasattr(trainer, "end") else None
     finish()
     return metrics
+
+
+def continue_token_count(trainer, checkpoint: str | None) -> None:
+    """TRL's SFTTrainer counts the tokens it has trained on (`num_tokens` in the logs) from 0 in every process, also
+    when resuming: continue from the count the checkpoint logged last."""
+    if checkpoint is None or not hasattr(trainer, "_total_train_tokens"):
+        return
+    state = Path(checkpoint) / "trainer_state.json"
+    history = json.loads(state.read_text())["log_history"] if state.is_file() else []
+    counts = [entry["num_tokens"] for entry in history if "num_tokens" in entry]
+    if counts:
+        trainer._total_train_tokens = counts[-1]
 
 
 def _save_final(trainer, stage: str, script_args, training_args) -> None:

@@ -17,6 +17,13 @@ COLOURS = {
 }
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _pyplot():
     import matplotlib
 
@@ -55,10 +62,7 @@ def accuracy_by_depth(results: dict, path: Path, train_depth: int | None = None)
     ax.set_title("Colour probes late in a long monologue (mean, 95% CI over seeds and items)")
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def gate_trajectories(logs: dict, path: Path) -> Path:
@@ -76,10 +80,7 @@ def gate_trajectories(logs: dict, path: Path) -> Path:
         ax.set_ylabel("gate")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def mechanism(results: dict, path: Path) -> Path:
@@ -106,7 +107,4 @@ def mechanism(results: dict, path: Path) -> Path:
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
