@@ -4,6 +4,7 @@ as dry-run plans."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -155,8 +156,11 @@ def test_tiny_sft_loss_steps_and_monitoring(sft_run):
 
 
 def test_tiny_sft_checkpoints_are_self_contained(sft_run):
+    umask = os.umask(0)
+    os.umask(umask)
     for folder in (sft_run.out / "checkpoint-2", sft_run.out):
         assert_self_contained(folder)
+        assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # not 0600
         assert (folder / CARD_FILE).is_file()  # the model card hook ran there
     assert (sft_run.out / "checkpoint-2" / "trainer_state.json").is_file()
 
@@ -593,6 +597,17 @@ def test_bad_training_arguments_get_one_line_errors(argv, message, capsys):
     assert cli_main(["train", "sft", *argv]) == 2
     error = capsys.readouterr().err
     assert message in error and len(error.splitlines()) <= 3
+
+
+def test_a_missing_logging_integration_is_refused_before_loading(tiny_base, tmp_path, monkeypatch, capsys):
+    """`report_to: [tensorboard]` without tensorboard installed: one line with the install hint, before any loading."""
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    monkeypatch.setattr("pvm_qwen3vl.training.runner.load_training_dataset", lambda *a, **k: pytest.fail("data loaded"))
+    argv = ["train", "sft", "--config", TINY_SFT, "--model_name_or_path", tiny_base, "--report_to", "tensorboard",
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    assert cli_main(argv) == 2
+    assert "report_to ['tensorboard']: not installed" in capsys.readouterr().err
 
 
 def test_a_typo_in_a_recipe_key_gets_a_suggestion(tmp_path, capsys):

@@ -15,7 +15,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from pvm_qwen3vl.checkpoints import REMOTE_CODE_FILES, ensure_remote_code
+from pvm_qwen3vl.checkpoints import REMOTE_CODE_FILES, ensure_remote_code, make_readable
 from pvm_qwen3vl.training.model import unwrap
 
 logger = logging.getLogger(__name__)
@@ -179,6 +179,7 @@ def complete_checkpoint(folder: str | Path, model, processor=None, training_args
     remove_wrapper_sources(folder, model)
     if processor is not None and not any((folder / name).exists() for name in PROCESSOR_FILES):
         processor.save_pretrained(folder)
+    make_readable(folder)
     return folder
 
 

@@ -95,7 +95,10 @@ class PVMScriptArguments(ScriptArguments):
     )
     log_pvm_stats: bool = field(
         default=True,
-        metadata={"help": "Log each PVM layer's gate and the mean norm of its gated output at every logging step."},
+        metadata={
+            "help": "Log each PVM layer's gate and the mean norm of its gated output at every logging step (on "
+            "unless --no_log_pvm_stats is given)."
+        },
     )
     stop_after_steps: int | None = field(
         default=None,
