@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pvm_qwen3vl.model_cards.card import METHOD_TAGS, lineage_of, render_model_card
-from pvm_qwen3vl.model_cards.checkpoint import details_from_folder, details_from_model, trained_parameters
+from pvm_qwen3vl.model_cards.checkpoint import details_from_model, saved_gates, trained_parameters
 from pvm_qwen3vl.model_cards.export import ExportReport, export_folder
 from pvm_qwen3vl.model_cards.push import PushResult, push_folder
 from pvm_qwen3vl.model_cards.run_summary import summarize_run
@@ -32,8 +32,8 @@ def model_card_hook(folder: str | Path, *, trainer: Any, stage: str, datasets: S
         return
     output_dir = Path(trainer.args.output_dir).resolve()
     details = details_from_model(model)
-    if details.gates is None and any(Path(folder).glob("*.safetensors")):  # sharded gates: read the saved ones
-        details = details_from_folder(model.config, folder)
+    if details.gates is None:  # sharded gates (ZeRO-3, FSDP2): read the saved ones
+        details = dataclasses.replace(details, gates=saved_gates(folder))
     card = render_model_card(
         details,
         lineage_of(model.config.name_or_path),

@@ -146,20 +146,27 @@ def details_from_model(model) -> PVMDetails:
     return PVMDetails(model.config, pvm, sum(_numel(param) for param in model.parameters()), gates)
 
 
-def details_from_folder(config: PVMQwen3VLConfig, folder: str | Path) -> PVMDetails:
-    """The details of the checkpoint in `folder`, whose config is `config`: the parameters counted on the meta device,
-    the gates read from its safetensors files (without loading the other weights)."""
-    from modeling_pvm_qwen3vl import PVMQwen3VLForConditionalGeneration
-
-    with torch.device("meta"):
-        details = details_from_model(PVMQwen3VLForConditionalGeneration(config))
+def saved_gates(folder: str | Path) -> dict[int, float] | None:
+    """PVM layer -> gate, read from the safetensors files in `folder` alone (no model is built, so one rank of a
+    ZeRO-3 or FSDP2 run can call it); None when the files hold no gate."""
     gates = {}
     for file in sorted(Path(folder).glob("model*.safetensors")):
         with safe_open(file, framework="pt") as weights:
             for name in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
                 if match := GATE.search(name):
                     gates[int(match[1])] = weights.get_tensor(name).float().item()
-    return dataclasses.replace(details, gates=dict(sorted(gates.items())) or None)
+    return dict(sorted(gates.items())) or None
+
+
+def details_from_folder(config: PVMQwen3VLConfig, folder: str | Path) -> PVMDetails:
+    """The details of the checkpoint in `folder`, whose config is `config`: the parameters counted on the meta device,
+    the gates read from its safetensors files (without loading the other weights). Not for a rank of a ZeRO-3 run,
+    where building even a meta model is a collective; use `saved_gates` there."""
+    from modeling_pvm_qwen3vl import PVMQwen3VLForConditionalGeneration
+
+    with torch.device("meta"):
+        details = details_from_model(PVMQwen3VLForConditionalGeneration(config))
+    return dataclasses.replace(details, gates=saved_gates(folder))
 
 
 def trained_parameters(model) -> str | None:

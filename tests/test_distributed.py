@@ -72,7 +72,8 @@ def launch(config: str | None, stage: str, out: Path, *argv, env: dict | None = 
         command, cwd=REPO, env={**os.environ, **ENV, **(env or {})}, capture_output=True, text=True, timeout=900
     )
     output = process.stdout + process.stderr
-    assert process.returncode == 0, output[-6000:]
+    first_error = max(output.find("Traceback (most recent call last)"), 0)  # show the root cause, not the launcher
+    assert process.returncode == 0, output[first_error:][:6000]
     return output
 
 
