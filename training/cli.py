@@ -23,7 +23,7 @@ def short_help(stage: str) -> str:
     parser.description = (
         f"Stage {'1 (PVM alignment, trl.SFTTrainer)' if stage == 'sft' else '2 (GRPO refinement, trl.GRPOTrainer)'} "
         "from a YAML recipe plus overrides: --config RECIPE.yaml (shipped: training/recipes/{tiny,qwen3-vl-8b,"
-        "qwen3-vl-4b}/{sft_align,grpo}.yaml). Every recipe field can be overridden as --field value. Below: this "
+        "qwen3-vl-4b}/{sft_align,grpo,grpo_vllm}.yaml). Every recipe field can be overridden as --field value. Below: this "
         "project's options; `--help-all` adds every option of TRL's "
         f"{'SFTConfig' if stage == 'sft' else 'GRPOConfig'} and ModelConfig (learning_rate, max_steps, output_dir, ...)."
     )

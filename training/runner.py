@@ -52,7 +52,7 @@ from pvm_qwen3vl.training.plan import BatchPlan, build_plan, print_plan
 logger = logging.getLogger("pvm_qwen3vl.training")
 
 STAGES = ("sft", "grpo")
-RECIPES = "training/recipes/{tiny,qwen3-vl-8b,qwen3-vl-4b}/{sft_align,grpo}.yaml"
+RECIPES = "training/recipes/{tiny,qwen3-vl-8b,qwen3-vl-4b}/{sft_align,grpo,grpo_vllm}.yaml"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
