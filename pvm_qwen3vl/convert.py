@@ -29,22 +29,26 @@ def convert(
     base: str | Path, out_dir: str | Path, options: PVMArguments | None = None, *, dtype: str = "auto", overwrite: bool = False
 ) -> ConversionReport:
     """Load `base` into the PVM class with fresh PVM weights and save a self-contained PVM checkpoint to `out_dir`."""
+    from configuration_pvm_qwen3vl import PVMQwen3VLConfig
     from pvm_qwen3vl.checkpoints import (
         load_processor,
         load_pvm_model,
+        model_type_of,
         refuse_to_overwrite,
         resolve_model_path,
         save_checkpoint,
     )
 
     path = resolve_model_path(base)
-    refuse_to_overwrite(out_dir, overwrite, what="the converted model")
-    model, converted = load_pvm_model(path, options, dtype=dtype)
-    if not converted:
+    if model_type_of(path) == PVMQwen3VLConfig.model_type:  # before anything is loaded, replaced or deleted
         raise ValueError(
             f"{base} is already a PVM checkpoint: there is nothing to convert. Train it, or convert its plain "
             "Qwen3-VL base instead."
         )
+    if Path(path).resolve() == Path(out_dir).resolve():
+        raise ValueError(f"{out_dir} is the base checkpoint itself: write the converted model to another folder.")
+    refuse_to_overwrite(out_dir, overwrite, what="the converted model")
+    model, _ = load_pvm_model(path, options, dtype=dtype)
     from pvm_qwen3vl.model_cards.card import write_model_card
 
     out_dir = save_checkpoint(model, out_dir, processor=load_processor(path), generation_source=path)

@@ -137,8 +137,19 @@ def test_convert_never_writes_over_a_folder_that_holds_files(converted, tiny_bas
 
 
 def test_converting_a_pvm_checkpoint_again_says_so(converted, tmp_path, capsys):
-    assert main(["convert", str(converted), str(tmp_path / "again")]) == 2
+    kept = tmp_path / "again"
+    kept.mkdir()
+    (kept / "model.safetensors").write_text("a trained model")
+    assert main(["convert", str(converted), str(kept), "--overwrite"]) == 2
     assert "is already a PVM checkpoint: there is nothing to convert" in capsys.readouterr().err
+    assert (kept / "model.safetensors").read_text() == "a trained model"  # refused before --overwrite deleted it
+
+
+def test_converting_a_base_into_its_own_folder_is_refused(tiny_base, capsys):
+    before = sorted(path.name for path in Path(tiny_base).iterdir())
+    assert main(["convert", tiny_base, tiny_base, "--overwrite"]) == 2
+    assert "is the base checkpoint itself" in capsys.readouterr().err
+    assert sorted(path.name for path in Path(tiny_base).iterdir()) == before
 
 
 def test_a_missing_local_base_fails_at_once(tmp_path, capsys):

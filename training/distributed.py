@@ -149,11 +149,3 @@ def gate_values(model) -> dict[int, float]:
             value = gate.detach()
         values[index] = float(value.float().reshape(-1)[0])
     return values
-
-
-def finish() -> None:
-    """Wait for every rank, then close the process group: a rank that exits while another still saves (rank 0 writes
-    the final checkpoint) can otherwise abort in gloo's teardown ("terminate called without an active exception")."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()

@@ -40,6 +40,13 @@ from dataclasses import asdict, dataclass
 
 CONFIGS = ("ddp", "zero2", "zero3", "fsdp2")
 CARDS_GB = (80, 141)
+
+
+def activation_checkpointing(training_args) -> bool:
+    """Whether the run checkpoints activations: `activation_checkpointing` in transformers >= 5.20, whose older name
+    `gradient_checkpointing` is the only one in .venv-vllm's transformers 5.16 (the grpo_vllm recipes)."""
+    value = getattr(training_args, "activation_checkpointing", None)
+    return bool(value if value is not None else getattr(training_args, "gradient_checkpointing", False))
 RESERVE = 0.10  # of each card: CUDA context, allocator fragmentation, communication buckets
 GRPO_PROMPT_TOKENS = 1280
 GB = 1e9
@@ -213,7 +220,7 @@ def workload_of(stage: str, mode: str, shapes: Shapes, training_args, model_args
         micro_batch=training_args.per_device_train_batch_size,
         sequence=sequence,
         scored=scored,
-        activation_checkpointing=bool(training_args.activation_checkpointing),
+        activation_checkpointing=activation_checkpointing(training_args),
         backward_from_layer=backward_from,
         generation_batch=generation_batch,
         memory_tokens=memory,
@@ -228,11 +235,13 @@ def format_plans(plans: list[MemoryPlan], work: Workload) -> str:
         + (f", {work.generation_batch} completions generated at once" if work.generation_batch else "")
         + f"; fits = peak within {1 - RESERVE:.0%} of the card):"
     )
-    header = "  config  parameters  gradients  optimizer  activations  generation    peak   80 GB  141 GB"
+    header = "  config  parameters  gradients  optimizer  activations  generation    peak" + "".join(
+        f"{f'{card} GB':>8}" for card in CARDS_GB
+    )
     rows = [
         f"  {plan.config:<6} {plan.parameters / GB:>11.2f} {plan.gradients / GB:>10.2f} {plan.optimizer / GB:>10.2f} "
-        f"{plan.activations / GB:>12.2f} {plan.generation / GB:>11.2f} {plan.peak / GB:>7.2f} "
-        f"{'yes' if plan.fits(80) else 'no':>7} {'yes' if plan.fits(141) else 'no':>7}"
+        f"{plan.activations / GB:>12.2f} {plan.generation / GB:>11.2f} {plan.peak / GB:>7.2f}"
+        + "".join(f"{'yes' if plan.fits(card) else 'no':>8}" for card in CARDS_GB)
         for plan in plans
     ]
     return "\n".join([what, header, *rows])

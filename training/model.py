@@ -9,7 +9,7 @@ model's own `pvm_parameters()` names. Loading and saving checkpoints is `pvm_qwe
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from torch import nn
@@ -174,14 +174,7 @@ def load_lora_pvm(adapter_dir: str | os.PathLike, base: str | None = None, dtype
 def _options_of(config: PVMQwen3VLConfig):
     from pvm_qwen3vl.options import PVMArguments
 
-    return PVMArguments(
-        pvm_layers=list(config.pvm_layers),
-        pvm_hidden_size=config.pvm_hidden_size,
-        pvm_memory_source=config.pvm_memory_source,
-        pvm_visual_attention=config.pvm_visual_attention,
-        pvm_variant=config.pvm_variant,
-        pvm_gate_init=config.pvm_gate_init,
-    )
+    return PVMArguments(**{option.name: getattr(config, option.name) for option in fields(PVMArguments)})
 
 
 def merge_lora_pvm(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base: str | None = None) -> Path:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvm_qwen3vl.checkpoints import build_meta_model, resolve_model_path, shipped_config
-from pvm_qwen3vl.training.memory import format_plans, plan_memory, shapes_of, workload_of
+from pvm_qwen3vl.training.memory import activation_checkpointing, format_plans, plan_memory, shapes_of, workload_of
 from pvm_qwen3vl.training.model import apply_trainable, lora_config_for, unwrap, verify_trainable
 
 
@@ -113,7 +113,7 @@ def build_plan(stage: str, script_args, training_args, model_args, pvm_args) -> 
         "weight_decay": training_args.weight_decay,
         "bf16": bool(training_args.bf16),
         "dtype": model_args.dtype,
-        "activation_checkpointing": bool(training_args.activation_checkpointing),
+        "activation_checkpointing": activation_checkpointing(training_args),
         "trainable": mode,
         "trainable_groups": report.trainable_groups(),
         "parameters": {"total": report.total, "trainable": report.trainable},

@@ -35,6 +35,7 @@ from pvm_qwen3vl.training.callbacks import (
     complete_checkpoint,
     run_model_card_hook,
 )
+from pvm_qwen3vl.training.cli import STAGES
 from pvm_qwen3vl.training.configs import GRPOScriptArguments, PVMScriptArguments
 from pvm_qwen3vl.training.data import load_training_dataset
 from pvm_qwen3vl.training.distributed import (
@@ -43,7 +44,6 @@ from pvm_qwen3vl.training.distributed import (
     check_fsdp_loading,
     cpu_launch_arguments,
     describe,
-    finish,
     gate_values,
 )
 from pvm_qwen3vl.training.model import apply_trainable, lora_config_for, verify_trainable
@@ -51,7 +51,6 @@ from pvm_qwen3vl.training.plan import BatchPlan, build_plan, print_plan
 
 logger = logging.getLogger("pvm_qwen3vl.training")
 
-STAGES = ("sft", "grpo")
 RECIPES = "training/recipes/{tiny,qwen3-vl-8b,qwen3-vl-4b}/{sft_align,grpo,grpo_vllm}.yaml"
 
 
@@ -290,8 +289,8 @@ def run(stage: str, script_args, training_args, model_args, pvm_args, make_train
         )  # fmt: skip
     else:
         _save_final(trainer, stage, script_args, training_args)
-    trainer.end() if hasattr(trainer, "end") else None
-    finish()
+    trainer.accelerator.wait_for_everyone()  # rank 0 may still be writing the final checkpoint and its card
+    trainer.accelerator.end_training()  # trackers, then the process group (what `Trainer.end` does in transformers 5.23)
     return metrics
 
 
