@@ -4,7 +4,6 @@ get the same visual features (`mm_encoder_outputs`), so the figures compare the 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -177,21 +176,6 @@ def build_models(
 def pvm_decoder_layers(model) -> list[torch.nn.Module]:
     """The decoder layers that carry a PVM branch."""
     return [layer for layer in model.model.language_model.layers if hasattr(layer, "pvm_recompute_memory_kv")]
-
-
-@contextlib.contextmanager
-def recompute_memory_kv(model, enabled: bool = True):
-    """Within the block, the PVM layers re-project the visual memory at every decode step (as the paper's release
-    does) when `enabled`, or cache it once per prompt when not; each layer's own setting is restored on exit."""
-    layers = pvm_decoder_layers(model)
-    saved = [layer.pvm_recompute_memory_kv for layer in layers]
-    for layer in layers:
-        layer.pvm_recompute_memory_kv = enabled
-    try:
-        yield
-    finally:
-        for layer, value in zip(layers, saved):
-            layer.pvm_recompute_memory_kv = value
 
 
 def build_inputs(preset: Preset, model, batch: int, image_side: int, seed: int = 0) -> dict:

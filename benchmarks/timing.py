@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from modeling_pvm_qwen3vl import PVMMemoryCacheLayer
-from pvm_qwen3vl.benchmarks.models import recompute_memory_kv
+from pvm_qwen3vl.benchmarks.models import pvm_decoder_layers
 
 # aten operators that make the host wait for the device (a value or a data-dependent shape read back).
 SYNC_OPERATORS = {"item", "_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "unique", "_unique2"}
@@ -94,16 +94,22 @@ class StepwiseGeneration:
 
     def __init__(self, variant: Variant, inputs: dict):
         self.variant, self.inputs = variant, inputs
+        self.pvm_layers = pvm_decoder_layers(variant.model)  # found once: `step` is timed
         self.cache = self.token = self.logits = self.rope_deltas = None
         self.position = inputs["input_ids"].shape[1]
+
+    def set_recompute(self) -> None:
+        """Variants may share one PVM model (cached vs re-projected memory): set its switch before each of its calls."""
+        for layer in self.pvm_layers:
+            layer.pvm_recompute_memory_kv = self.variant.recompute
 
     def prefill(self) -> None:
         kwargs = dict(self.inputs)
         if self.variant.static_cache is not None:
             self.variant.static_cache.reset()
             kwargs["past_key_values"] = self.variant.static_cache
-        with recompute_memory_kv(self.variant.model, self.variant.recompute):
-            out = self.variant.model(**kwargs, use_cache=True, logits_to_keep=1)
+        self.set_recompute()
+        out = self.variant.model(**kwargs, use_cache=True, logits_to_keep=1)
         self.token = out.logits[:, -1].argmax(-1, keepdim=True)
         self.cache = out.past_key_values
         self.rope_deltas = self.variant.model.model.rope_deltas.view(1, -1, 1)
@@ -112,14 +118,10 @@ class StepwiseGeneration:
         text = torch.full((1, self.token.shape[0], 1), self.position, device=self.token.device)
         position_ids = torch.cat([text, text.expand(3, -1, -1) + self.rope_deltas])  # [4, B, 1]: text + M-RoPE
         decode = self.variant.decode or self.variant.model
-        with recompute_memory_kv(self.variant.model, self.variant.recompute):
-            out = decode(
-                input_ids=self.token,
-                past_key_values=self.cache,
-                position_ids=position_ids,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+        self.set_recompute()
+        out = decode(
+            input_ids=self.token, past_key_values=self.cache, position_ids=position_ids, use_cache=True, logits_to_keep=1
+        )
         self.logits = out.logits[:, -1]
         self.token = self.logits.argmax(-1, keepdim=True)
         self.position += 1

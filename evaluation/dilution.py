@@ -84,7 +84,7 @@ def measure_dilution(
             PVMNormProbe(model, start, stop) as norms,
             torch.no_grad(),
         ):
-            model(**inputs, use_cache=False)
+            model(**inputs, use_cache=False, logits_to_keep=1)  # the probes read the layers; no full-vocabulary logits
         for row, valid in enumerate(generation.measured_steps):
             counts[:valid] += 1
             for layer in range(num_layers):

@@ -20,7 +20,7 @@ from pvm_qwen3vl.prompts import Prompt
 
 def pvm_layer_indices(model) -> list[int]:
     """Indices of the decoder layers that carry a PVM branch (empty for a base Qwen3-VL)."""
-    return sorted(model.pvm_gates()) if hasattr(model, "pvm_gates") else []
+    return sorted(getattr(model.config, "pvm_layers", None) or [])
 
 
 def encode_prompts(processor, prompts: Sequence[Prompt | str], images: Sequence[Sequence[Any]]) -> BatchFeature:

@@ -98,7 +98,7 @@ def retrieval_maps(
     inputs = teacher_forced_inputs(batch, generation).to(loaded.device)
     with ExitStack() as stack, torch.no_grad():
         probes = {layer: stack.enter_context(CrossAttentionProbe(model, layer)) for layer in layers or available[:1]}
-        model(**inputs, use_cache=False)
+        model(**inputs, use_cache=False, logits_to_keep=1)  # the probes read the attention; no full-vocabulary logits
     maps = []
     for layer, probe in probes.items():
         row = int((probe.query_positions[0] == position).nonzero()[0])

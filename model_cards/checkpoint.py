@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 
 from configuration_pvm_qwen3vl import PVMQwen3VLConfig
+from pvm_qwen3vl.training.model import numel, parameter_groups
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 WEIGHT_FILES = (
@@ -130,10 +131,6 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(model_dir, PVMQwen3VLConfig.from_dict(config), state, args, card, note)
 
 
-def _numel(param: torch.Tensor) -> int:
-    return int(getattr(param, "ds_numel", 0) or param.numel())  # a ZeRO-3 partition's full size is its ds_numel
-
-
 def details_from_model(model) -> PVMDetails:
     """The details of a live PVM model, also inside a PEFT wrapper or with ZeRO-3 partitioned parameters. Sharded
     gates are not read: FSDP2 DTensors need a collective and a card is written on one rank; ZeRO-3 ones are empty."""
@@ -142,8 +139,9 @@ def details_from_model(model) -> PVMDetails:
         gates = None if sharded else model.pvm_gates()
     except (IndexError, RuntimeError):  # partitioned (empty) or meta gates: nothing to read
         gates = None
-    pvm = sum(_numel(param) for _, param in model.pvm_parameters())
-    return PVMDetails(model.config, pvm, sum(_numel(param) for param in model.parameters()), gates)
+    counts = {group: sum(numel(param) for _, param in params) for group, params in parameter_groups(model).items()}
+    total = sum(count for group, count in counts.items() if group != "lora")  # the model that LoRA merges into
+    return PVMDetails(model.config, counts["pvm"], total, gates)
 
 
 def saved_gates(folder: str | Path) -> dict[int, float] | None:
@@ -169,19 +167,25 @@ def details_from_folder(config: PVMQwen3VLConfig, folder: str | Path) -> PVMDeta
     return dataclasses.replace(details, gates=saved_gates(folder))
 
 
+TRAINED_LABELS = {
+    "pvm": "PVM branches",
+    "lora": "LoRA adapters",
+    "language_model": "language model",
+    "lm_head": "language model",
+    "vision_tower": "vision encoder and merger",
+    "merger": "vision encoder and merger",
+}
+
+
 def trained_parameters(model) -> str | None:
     """Which parameter groups a live model trains, e.g. "PVM branches (184,803); the rest frozen"."""
-    pvm = {id(param) for _, param in model.pvm_parameters()}
-    groups = dict.fromkeys(("PVM branches", "LoRA adapters", "language model", "vision encoder and merger"), 0)
+    groups = dict.fromkeys(dict.fromkeys(TRAINED_LABELS.values()), 0)
     frozen = 0
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            frozen += _numel(param)
-        elif "lora_" in name:
-            groups["LoRA adapters"] += _numel(param)
-        elif id(param) in pvm:
-            groups["PVM branches"] += _numel(param)
-        else:
-            groups["vision encoder and merger" if ".visual." in f".{name}" else "language model"] += _numel(param)
+    for group, params in parameter_groups(model).items():
+        for _, param in params:
+            if param.requires_grad:
+                groups[TRAINED_LABELS[group]] += numel(param)
+            else:
+                frozen += numel(param)
     parts = [f"{label} ({count:,})" for label, count in groups.items() if count]
     return " + ".join(parts) + ("; the rest frozen" if frozen else "") if parts else None

@@ -18,7 +18,7 @@ from transformers.utils.hub import convert_file_size_to_int
 
 from pvm_qwen3vl.checkpoints import ensure_remote_code, load_processor, make_readable
 from pvm_qwen3vl.model_cards.card import check_base_model, write_model_card
-from pvm_qwen3vl.model_cards.checkpoint import Checkpoint, details_from_folder, read_checkpoint
+from pvm_qwen3vl.model_cards.checkpoint import Checkpoint, details_from_model, read_checkpoint
 from pvm_qwen3vl.model_cards.evals import load_eval_results
 from pvm_qwen3vl.model_cards.verify import VerificationResult, verify_folder
 
@@ -94,7 +94,7 @@ def _check_destination(source: Path, out_dir: Path, overwrite: bool) -> None:
 
 def _save(checkpoint: Checkpoint, processor: str | Path, staging: Path, max_shard_size: int | str, dtype: str):
     """Load the weights (checking them against the config), save them sharded with the remote code and the processor
-    of `processor`; return the saved config."""
+    of `processor`; return the saved model's details (config, parameter counts, gates)."""
     from modeling_pvm_qwen3vl import PVMQwen3VLForConditionalGeneration
 
     model, info = PVMQwen3VLForConditionalGeneration.from_pretrained(
@@ -114,7 +114,7 @@ def _save(checkpoint: Checkpoint, processor: str | Path, staging: Path, max_shar
     if not isinstance(loaded, ProcessorMixin) or getattr(loaded, "image_processor", None) is None:
         raise FileNotFoundError(f"{processor} has a {type(loaded).__name__} but no image processor. {PROCESSOR_FIX}")
     loaded.save_pretrained(staging)
-    return model.config
+    return details_from_model(model)
 
 
 def export_folder(
@@ -149,8 +149,7 @@ def export_folder(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        config = _save(checkpoint, processor or checkpoint.model_dir, staging, max_shard_size, dtype)
-        details = details_from_folder(config, staging)
+        details = _save(checkpoint, processor or checkpoint.model_dir, staging, max_shard_size, dtype)
         written = write_model_card(
             checkpoint, staging / "README.md", eval_summary=eval_results, details=details, **card_fields
         )

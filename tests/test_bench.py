@@ -21,7 +21,6 @@ from pvm_qwen3vl.benchmarks.models import (
     get_preset,
     pvm_config,
     pvm_decoder_layers,
-    recompute_memory_kv,
 )
 from pvm_qwen3vl.benchmarks.timing import StepwiseGeneration, Variant
 from pvm_qwen3vl.cli import main
@@ -90,9 +89,6 @@ def test_models_share_weights_and_gates_are_open():
         else:
             assert base_weights[name].data_ptr() == param.data_ptr(), name
     assert all(value == 1.0 for value in pair.pvm.pvm_gates().values())
-    with recompute_memory_kv(pair.pvm):
-        assert all(layer.pvm_recompute_memory_kv for layer in pvm_decoder_layers(pair.pvm))
-    assert not any(layer.pvm_recompute_memory_kv for layer in pvm_decoder_layers(pair.pvm))
 
 
 @pytest.mark.parametrize("name, parameters", [("qwen3-vl-8b", 27_922_179), ("qwen3-vl-4b", 22_728_963)])
@@ -163,3 +159,26 @@ def test_custom_preset_runs_in_bfloat16(tmp_path):
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["preset"]["name"] == "custom" and report["preset"]["dtype"] == "bfloat16"
     assert report["preset"]["hidden_size"] == 64 and report["preset"]["pvm_layers"] == [1]
+
+
+def test_interleaved_variants_of_one_model_each_run_their_own_memory_mode():
+    """`pvm` and `pvm_recompute` share one model and alternate step by step: each call runs with its own switch (the
+    memory re-projected at every step or read from the cache), and both give the same logits."""
+    preset = get_preset("smoke")
+    pair = build_models(preset, torch.device("cpu"), torch.float32, gate=1.0)
+    inputs = build_inputs(preset, pair.base, 2, preset.image_side)
+    cached, recomputed = (StepwiseGeneration(Variant(pair.pvm, recompute=flag), inputs) for flag in (False, True))
+    seen = []
+    for layer in pvm_decoder_layers(pair.pvm):
+        layer.pvm.register_forward_pre_hook(lambda module, args, layer=layer: seen.append(layer.pvm_recompute_memory_kv))
+    with torch.inference_mode():
+        for generation in (cached, recomputed):
+            generation.prefill()
+        for _ in range(3):
+            seen.clear()
+            cached.step()
+            assert seen and not any(seen)
+            seen.clear()
+            recomputed.step()
+            assert seen and all(seen)
+            assert (cached.logits - recomputed.logits).abs().max() <= 1e-5

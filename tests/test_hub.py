@@ -562,3 +562,26 @@ def test_lineage_of_the_starting_model(export, tmp_path):
         local.base_model is None
         and local.origin == f"the local folder `{tmp_path.name}` (`_name_or_path`: `{tmp_path}`)"
     )
+
+
+def test_card_counts_of_a_lora_pvm_model_count_each_weight_once(tiny_base):
+    """PEFT keeps a frozen `original_module` copy of each fully trained PVM branch beside the trained one, and adds
+    LoRA weights: the card counts the PVM branches once and the model they merge into, not the adapters."""
+    from peft import LoraConfig, get_peft_model
+
+    from pvm_qwen3vl.model_cards.checkpoint import details_from_model, trained_parameters
+    from pvm_qwen3vl.training.model import LORA_EXCLUDED
+
+    model = load_pvm(tiny_base, gates=0.5)
+    plain = details_from_model(model)
+    config = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], exclude_modules=LORA_EXCLUDED, modules_to_save=["pvm"])
+    wrapped = get_peft_model(model, config)
+    assert any(".original_module." in name for name, _ in wrapped.named_parameters())
+    details = details_from_model(wrapped)
+    assert (details.pvm_parameters, details.total_parameters, details.gates) == (
+        plain.pvm_parameters,
+        plain.total_parameters,
+        plain.gates,
+    )
+    lora = sum(param.numel() for name, param in wrapped.named_parameters() if "lora_" in name)
+    assert trained_parameters(wrapped) == f"PVM branches ({plain.pvm_parameters:,}) + LoRA adapters ({lora:,}); the rest frozen"

@@ -71,7 +71,7 @@ class Shapes:
 
 def shapes_of(model) -> Shapes:
     """The shapes of a PVM model (on the meta device is enough), with `requires_grad` set for the trainable set."""
-    from pvm_qwen3vl.training.model import _numel, unwrap
+    from pvm_qwen3vl.training.model import numel, unwrap
 
     base = unwrap(model)
     text = base.config.text_config
@@ -81,9 +81,9 @@ def shapes_of(model) -> Shapes:
     pvm_heads = max(1, base.config.pvm_hidden_size // head_dim)
     pvm_kv_heads = max(1, pvm_heads * text.num_key_value_heads // text.num_attention_heads)
     return Shapes(
-        parameters=sum(_numel(param) for param in model.parameters()),
-        trainable=sum(_numel(param) for param in model.parameters() if param.requires_grad),
-        largest_unit=max(sum(_numel(param) for param in unit.parameters()) for unit in units),
+        parameters=sum(numel(param) for param in model.parameters()),
+        trainable=sum(numel(param) for param in model.parameters() if param.requires_grad),
+        largest_unit=max(sum(numel(param) for param in unit.parameters()) for unit in units),
         layers=text.num_hidden_layers,
         first_pvm_layer=pvm_layers[0] if pvm_layers else 0,
         hidden=text.hidden_size,

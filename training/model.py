@@ -33,7 +33,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _numel(param) -> int:
+def numel(param) -> int:
     return int(getattr(param, "ds_numel", 0) or param.numel())  # ZeRO-3 partitions report ds_numel
 
 
@@ -149,8 +149,8 @@ def verify_trainable(model: nn.Module, mode: str) -> TrainableReport:
         raise RuntimeError(f"The trainable set does not match --trainable {mode}: " + "; ".join(problems))
     report = TrainableReport(mode)
     for group, params in groups.items():
-        report.total[group] = sum(_numel(param) for _, param in params)
-        report.trainable[group] = sum(_numel(param) for _, param in params if param.requires_grad)
+        report.total[group] = sum(numel(param) for _, param in params)
+        report.trainable[group] = sum(numel(param) for _, param in params if param.requires_grad)
     return report
 
 
