@@ -37,6 +37,11 @@ def bin_labels(bins) -> list[str]:
     return [f"{low}-{high}" for low, high in bins]
 
 
+def _values(values) -> np.ndarray:
+    """Floats, NaN where results.json has null (nothing to measure)."""
+    return np.array([np.nan if value is None else value for value in values], dtype=float)
+
+
 def accuracy_by_depth(results: dict, path: Path, train_depth: int | None = None) -> Path:
     """Mean accuracy per depth bin with its 95% bootstrap interval, one line per arm."""
     plt = _pyplot()
@@ -44,9 +49,9 @@ def accuracy_by_depth(results: dict, path: Path, train_depth: int | None = None)
     x = np.arange(len(bins))
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for arm, values in results["arms"].items():
-        means = np.array([v["mean"] for v in values["by_position"]])
-        low = np.array([v["ci_low"] for v in values["by_position"]])
-        high = np.array([v["ci_high"] for v in values["by_position"]])
+        means = _values(v["mean"] for v in values["by_position"])
+        low = _values(v["ci_low"] for v in values["by_position"])
+        high = _values(v["ci_high"] for v in values["by_position"])
         colour = COLOURS.get(arm)
         ax.plot(x, means, marker="o", label=values.get("label", arm), color=colour)
         ax.fill_between(x, low, high, alpha=0.15, color=colour)
@@ -99,7 +104,7 @@ def mechanism(results: dict, path: Path) -> Path:
     for ax, (key, title) in zip(axes, panels):
         for arm, values in results["arms"].items():
             series = values.get("mechanism", {}).get(key)
-            if series is None or all(np.isnan(v) for v in series):
+            if series is None or np.all(np.isnan(series := _values(series))):
                 continue
             ax.plot(x, series, marker="o", label=arm, color=COLOURS.get(arm))
         ax.set_xticks(x, bin_labels(bins), fontsize=8)

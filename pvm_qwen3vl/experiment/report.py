@@ -2,12 +2,15 @@
 
 `results.json` (read by scripts; the contract of issue 11):
 
-    {"arms": {arm: {"label", "by_position": [{"mean", "ci_low", "ci_high"}, ...], "per_seed": [[...], ...],
+    {"arms": {arm: {"label", "by_position": [{"mean", "ci_low", "ci_high"}, ...], "seeds": [...], "per_seed": [[...], ...],
                     "gates": {seed: {layer: value}}, "mechanism": {...}}},
      "bins": [[low, high], ...], "seeds": [...],
      "pvm_minus_control_longest": {"mean", "ci_low", "ci_high"},
      "differences": {"pvm_minus_control": [...per bin...], ...},
      "machine": {...}, "recipe": {...}, "wall_seconds": ..., "items": {...}}
+
+A value that does not exist (no item in a bin, PVM's attention in an arm without PVM) is null, never NaN: the file
+is strict JSON.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 from pvm_qwen3vl.experiment import plots
 from pvm_qwen3vl.experiment.arms import ARMS
 from pvm_qwen3vl.experiment.measure import accuracy_matrix
-from pvm_qwen3vl.experiment.stats import Estimate, bootstrap, paired_difference
+from pvm_qwen3vl.experiment.stats import bootstrap, paired_difference
 
 COMPARISONS = (("pvm", "control"), ("pvm_llm", "control"), ("mlp", "control"), ("hidden_states", "control"),
                ("pvm_grpo", "control"), ("pvm", "mlp"), ("pvm", "base"), ("control", "base"))  # fmt: skip
@@ -70,11 +73,12 @@ def aggregate(runs: dict[str, dict[int, dict]], seeds: list[int], bins) -> dict:
     arms = {}
     for arm, matrix in matrices.items():
         by_seed = runs[arm]
-        mechanisms = [run["mechanism"] for run in by_seed.values() if run.get("mechanism")]
+        mechanisms = [by_seed[seed]["mechanism"] for seed in sorted(by_seed) if by_seed[seed].get("mechanism")]
         arms[arm] = {
             "label": ARMS[arm].label,
             "by_position": [bootstrap(matrix[:, b]).to_json() for b in range(len(bins))],
-            "per_seed": [[round(float(np.nanmean(matrix[s, b])), 4) for b in range(len(bins))] for s in range(len(matrix))],
+            "seeds": [seed for seed in seeds if seed in by_seed],  # the rows of per_seed
+            "per_seed": [[_finite(round(float(np.nanmean(matrix[s, b])), 4)) for b in range(len(bins))] for s in range(len(matrix))],
             "text_by_position": [bootstrap(text[arm][:, b]).to_json() for b in range(len(bins))],
             "gates": {str(seed): by_seed[seed]["gates"] for seed in sorted(by_seed) if by_seed[seed].get("gates")},
             "mechanism": {
@@ -93,10 +97,15 @@ def aggregate(runs: dict[str, dict[int, dict]], seeds: list[int], bins) -> dict:
     return {"arms": arms, "differences": differences, "pvm_minus_control_longest": longest}
 
 
-def _mean(values: list[float]) -> float:
-    """Mean over seeds, NaN where no seed has a value (e.g. PVM's attention for an arm without PVM)."""
-    finite = [value for value in values if not np.isnan(value)]
-    return float(np.mean(finite)) if finite else float("nan")
+def _finite(value: float | None) -> float | None:
+    """`value`, or None for NaN (results.json is strict JSON)."""
+    return None if value is None or np.isnan(value) else value
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """Mean over seeds, None where no seed has a value (e.g. PVM's attention for an arm without PVM)."""
+    finite = [value for value in values if _finite(value) is not None]
+    return float(np.mean(finite)) if finite else None
 
 
 def training_logs(runs: dict[str, dict[int, dict]]) -> dict:
@@ -112,13 +121,31 @@ def write(out: Path, results: dict, runs: dict, train_depth: int) -> dict[str, P
         "mechanism": plots.mechanism(results, out / "mechanism.png"),
     }
     results["figures"] = {name: path.name for name, path in figures.items()}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (out / "results.md").write_text(markdown(results), encoding="utf-8")
+    write_tables(out, results)
     return figures
 
 
+def write_tables(out: Path, results: dict) -> None:
+    """results.json (strict JSON: NaN is refused) and results.md."""
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(markdown(results), encoding="utf-8")
+
+
 def _cell(value: dict) -> str:
+    if value["mean"] is None:
+        return "-"
     return f"{value['mean']:.3f} [{value['ci_low']:.3f}, {value['ci_high']:.3f}]"
+
+
+def _seeds_caption(results: dict) -> str:
+    """How many seeds each arm's interval covers, e.g. "3 seeds (base: 1 seed)"."""
+
+    def seeds(n: int) -> str:
+        return f"{n} seed{'s' if n != 1 else ''}"
+
+    usual = len(results["seeds"])
+    others = "; ".join(f"{arm}: {seeds(len(v['per_seed']))}" for arm, v in results["arms"].items() if len(v["per_seed"]) != usual)
+    return seeds(usual) + (f" ({others})" if others else "")
 
 
 def markdown(results: dict) -> str:
@@ -127,9 +154,10 @@ def markdown(results: dict) -> str:
     lines = [
         f"# PVM miniature replication: {results['name']}",
         "",
-        f"Probe accuracy by depth of the probe in the output (tokens), mean [95% bootstrap CI over {len(results['seeds'])} "
-        f"seeds x {results['items']['eval_per_bin']} items per bin]; image probes (the colour of a shape of the picture). "
-        f"Training depth: up to {results['recipe']['train_depth']} tokens.",
+        f"Probe accuracy by depth of the probe in the output (tokens), mean [95% bootstrap CI over {_seeds_caption(results)} "
+        f"x {results['items']['eval_per_bin']} items per bin]; image probes (the colour of a shape of the picture). "
+        f"Training: probe target depths up to {results['recipe']['train_depth']} tokens (a probe lands up to one "
+        f"sentence past its target).",
         "",
         "| arm | " + " | ".join(bins) + " |",
         "|---|" + "---|" * len(bins),
@@ -146,9 +174,18 @@ def markdown(results: dict) -> str:
     for name, values in results["differences"].items():
         lines.append(f"| {name.replace('_minus_', ' - ')} | " + " | ".join(_cell(v) for v in values) + " |")
     longest = results.get("pvm_minus_control_longest")
-    if longest:
+    if longest and longest["mean"] is not None:
         verdict = "excludes 0" if longest["ci_low"] > 0 or longest["ci_high"] < 0 else "includes 0"
-        lines += ["", f"**PVM - control in the longest bin ({bins[-1]}): {_cell(longest)}** (the 95% CI {verdict})."]
+        lines += ["", f"**PVM - control in the longest bin ({bins[-1]}): {_cell(longest)}** (the 95% CI {verdict}): the "
+                  "pre-specified primary comparison. The other intervals are exploratory (95% each, not corrected for "
+                  "multiple comparisons)."]  # fmt: skip
+    lines += ["", f"Per seed, longest bin ({bins[-1]}), image probes:", "",
+              "| arm | " + " | ".join(f"seed {seed}" for seed in results["seeds"]) + " |",
+              "|---|" + "---|" * len(results["seeds"])]  # fmt: skip
+    for values in results["arms"].values():
+        by_seed = dict(zip(values.get("seeds", results["seeds"]), values["per_seed"]))
+        cells = [by_seed[seed][-1] if seed in by_seed else None for seed in results["seeds"]]
+        lines.append(f"| {values['label']} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
     gates = {arm: values["gates"] for arm, values in results["arms"].items() if values["gates"]}
     if gates:
         lines += ["", "Final gates (layer: value, per seed):", ""]
@@ -170,7 +207,3 @@ def markdown(results: dict) -> str:
     ]
     return "\n".join(lines)
 
-
-def summary_line(name: str, estimate: Estimate | dict) -> str:
-    value = estimate.to_json() if isinstance(estimate, Estimate) else estimate
-    return f"{name}: {_cell(value)}"

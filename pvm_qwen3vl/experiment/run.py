@@ -43,7 +43,7 @@ class ExperimentRecipe:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "training seeds (PVM init, batch order)"})
     data_seed: int = field(default=0, metadata={"help": "seed of the training and evaluation items' streams"})
     n_train: int = field(default=4000, metadata={"help": "training items"})
-    train_depth: int = field(default=128, metadata={"help": "training probes lie at depths 0..train_depth tokens"})
+    train_depth: int = field(default=128, metadata={"help": "training probes' target depths: 0..train_depth tokens (+ up to a sentence)"})
     train_text_share: float = field(default=0.5, metadata={"help": "share of text probes among the training items"})
     eval_per_bin: int = field(default=100, metadata={"help": "evaluation items per depth bin (image probes)"})
     text_eval_per_bin: int = field(default=40, metadata={"help": "text-probe evaluation items per depth bin"})
@@ -323,11 +323,11 @@ def register(commands) -> None:
 
         run_args = from_namespace(RunArguments, args)
         overrides = {item.name: getattr(args, item.name) for item in fields(ExperimentRecipe)}
-        recipe = load_recipe(run_args.recipe, **{k: v for k, v in overrides.items() if v is not _UNSET})
+        recipe = load_recipe(run_args.recipe, **overrides)  # unset flags are None: load_recipe keeps the recipe's value
         results = experiment(recipe, run_args.out, workers=run_args.workers, name=run_args.name)
         print((Path(run_args.out) / "results.md").read_text(encoding="utf-8"))
         longest = results.get("pvm_minus_control_longest")
-        if longest:
+        if longest and longest["mean"] is not None:
             print(f"PVM - control, longest bin: {longest['mean']:+.3f} [{longest['ci_low']:+.3f}, {longest['ci_high']:+.3f}]")
         print(f"results: {Path(run_args.out).resolve() / 'results.json'}")
         return 0
@@ -343,10 +343,7 @@ def register(commands) -> None:
     for item in fields(ExperimentRecipe):  # recipe overrides: unset ones keep the recipe's value
         kind = {"arms": str, "seeds": int, "eval_bins": int, "pvm_layers": int}.get(item.name)
         if kind is not None:
-            parser.add_argument(f"--{item.name}", nargs="+", type=kind, default=_UNSET, help=item.metadata["help"])
+            parser.add_argument(f"--{item.name}", nargs="+", type=kind, default=None, help=item.metadata["help"])
         else:
-            parser.add_argument(f"--{item.name}", type=type(item.default), default=_UNSET, help=item.metadata["help"])
+            parser.add_argument(f"--{item.name}", type=type(item.default), default=None, help=item.metadata["help"])
     parser.set_defaults(func=run)
-
-
-_UNSET = None

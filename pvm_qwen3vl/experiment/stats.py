@@ -24,7 +24,9 @@ class Estimate:
     ci_high: float
 
     def to_json(self) -> dict:
-        return {"mean": round(self.mean, 4), "ci_low": round(self.ci_low, 4), "ci_high": round(self.ci_high, 4)}
+        """Rounded to 4 decimals; NaN (no item to estimate from) becomes None, so the results stay strict JSON."""
+        return {key: None if np.isnan(value) else round(value, 4) for key, value in
+                (("mean", self.mean), ("ci_low", self.ci_low), ("ci_high", self.ci_high))}  # fmt: skip
 
     def __str__(self) -> str:
         return f"{self.mean:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}]"

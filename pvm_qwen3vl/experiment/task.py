@@ -16,8 +16,10 @@ So, like a real VLM, the model must read both its own earlier text (text probes)
 the longer the monologue, the more text there is that names shapes with the wrong colours: the share of attention
 left for the picture dilutes, and an answer read from the text is wrong.
 
-The probe's *depth* is the index of its colour token in the output (0 = the first output token). Training items put
-probes at depths up to a limit (`DepthRange`); evaluation items put them in depth bins that reach far beyond it
+The probe's *depth* is the index of its colour token in the output (0 = the first output token). Training items draw
+a target depth up to a limit (`DepthRange`), and the probe lands up to one sentence past it (at most
+`Tokens.longest_sentence - 1` tokens: 8 with the tiny tokenizer, so the experiment's limit of 128 gives probes at depths
+up to 136, 135 in its 4000 training items); evaluation items put them in depth bins that reach far beyond it
 (`EVAL_BINS`). Scoring is the greedy answer at the probe: the arg-max of the next-token logits over the whole
 vocabulary, given the monologue so far (teacher forcing: the model reads the forced monologue as its own earlier
 output, and greedy decoding would write exactly that colour token next). Items have one probe each, so no earlier
@@ -40,7 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pvm_qwen3vl.scenes import COLOUR_NAMES, SHAPES, Scene, SceneObject, draw_scene, place
+from pvm_qwen3vl.scenes import COLOUR_NAMES, SHAPES, Scene, SceneObject, _pick, draw_scene, place
 
 SPLITS = ("pretrain", "train", "dev", "eval")
 CANVAS = 64
@@ -97,10 +99,6 @@ class Item:
     def probe_object(self) -> SceneObject | None:
         """The probed shape of the picture (None for a text probe)."""
         return next((obj for obj in self.scene.objects if obj.shape == self.probe_thing), None) if self.kind == "image" else None
-
-    def to_json(self) -> dict:
-        return {"id": self.id, "kind": self.kind, "scene": self.scene.to_dict(), "text": self.text,
-                "probe": self.probe_thing, "depth": self.probe_depth}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -184,10 +182,6 @@ class Tokens:
 
 def mention(template: str, colour: str, thing: str) -> str:
     return template.format(a="an" if colour[0] in "aeiou" else "a", colour=colour, thing=thing)
-
-
-def _pick(rng: np.random.Generator, values: Sequence):
-    return values[int(rng.integers(len(values)))]
 
 
 def build_item(

@@ -42,9 +42,6 @@ class Schedule:
         progress = (step - warmup) / max(1, self.steps - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    def learning_rate_at(self, step: int) -> float:
-        return self.learning_rate * self.factor_at(step)
-
 
 def probe_logits(model, batch: dict) -> torch.Tensor:
     """Next-token logits [batch, vocab] at the position before each row's probe colour token."""
