@@ -8,6 +8,7 @@ model's own `pvm_parameters()` names. Loading and saving checkpoints is `pvm_qwe
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -75,23 +76,18 @@ def apply_trainable(model: nn.Module, mode: str) -> None:
 
 def lora_config_for(model_args):
     """A `peft.LoraConfig` on the language model's linear layers (never inside `.pvm.` nor in the vision tower), with
-    every PVM branch trained fully and saved with the adapter (`modules_to_save`)."""
-    from peft import LoraConfig
+    every PVM branch trained fully and saved with the adapter (`modules_to_save`). TRL's `get_peft_config` reads the
+    LoRA options; this sets the targets, the exclusions and the PVM branches."""
+    from trl import get_peft_config
 
     names = list(model_args.lora_target_modules or DEFAULT_LORA_TARGETS)
     if names in (["all-linear"], ["all_linear"]):
         names = list(DEFAULT_LORA_TARGETS)
-    return LoraConfig(
-        task_type=model_args.lora_task_type,
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
+    return dataclasses.replace(
+        get_peft_config(dataclasses.replace(model_args, use_peft=True)),
         target_modules=names,
         exclude_modules=LORA_EXCLUDED,
         modules_to_save=["pvm", *(model_args.lora_modules_to_save or [])],
-        use_rslora=model_args.use_rslora,
-        use_dora=model_args.use_dora,
-        bias="none",
     )
 
 
