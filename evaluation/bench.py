@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 
 from pvm_qwen3vl.answers import score
 from pvm_qwen3vl.checkpoints import LoadedModel
-from pvm_qwen3vl.evaluation.data import SampleSet
+from pvm_qwen3vl.evaluation.data import PromptedSamples, SampleSet
 from pvm_qwen3vl.evaluation.generation import encode_prompts, generate
-from pvm_qwen3vl.prompts import render_prompt, resolve_template
+from pvm_qwen3vl.prompts import resolve_template
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +95,14 @@ def run_bench(
     total = settings.runs * len(samples)
     initial = sum((sample.id, run) in done for sample in samples for run in range(settings.runs))
     name = f"bench {Path(dataset_name).name}"
+    prompted = PromptedSamples(samples, settings.prompt_template, settings.system)  # the template is read once
     with tqdm(total=total, initial=initial, desc=name, unit="answer", disable=not progress) as bar:
         for run in range(settings.runs):
             for start in range(0, len(samples), settings.batch_size):
                 batch = samples[start : start + settings.batch_size]
                 pending = [sample for sample in batch if (sample.id, run) not in done]
                 if pending:
-                    rows = _answer_batch(loaded, samples, pending, run, start, settings)
+                    rows = _answer_batch(loaded, prompted, pending, run, start, settings)
                     with open(predictions, "a", encoding="utf-8") as handle:  # one write, synced
                         handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
                         handle.flush()
@@ -115,10 +116,11 @@ def run_bench(
     return summary
 
 
-def _answer_batch(loaded: LoadedModel, samples: SampleSet, batch: list, run: int, start: int, settings: BenchSettings):
-    template, system = settings.prompt_template, settings.system
-    prompts = [render_prompt(template, sample.question, sample.options, sample.kind, system) for sample in batch]
-    inputs = encode_prompts(loaded.processor, prompts, [samples.images(sample) for sample in batch])
+def _answer_batch(
+    loaded: LoadedModel, prompted: PromptedSamples, batch: list, run: int, start: int, settings: BenchSettings
+):
+    prompts = [prompted.prompt(sample) for sample in batch]
+    inputs = encode_prompts(loaded.processor, prompts, [prompted.samples.images(sample) for sample in batch])
     sampling = {key: getattr(settings, key) for key in ("max_new_tokens", "temperature", "top_p", "top_k")}
     generation = generate(loaded, inputs, seed=_seed(settings.seed, run, start), **sampling)
     rows = []

@@ -37,7 +37,7 @@ from pvm_qwen3vl.data import (
     load_source,
     undecoded_images,
 )
-from pvm_qwen3vl.prompts import render_prompt, resolve_template
+from pvm_qwen3vl.prompts import Prompt, render_prompt, resolve_template
 
 ANSWER_FORMATS = ("auto", "letter", "index", "text")
 
@@ -128,8 +128,10 @@ class PromptedSamples(Sequence):
 
     def __getitem__(self, index):
         sample = self.samples[index]
-        prompt = render_prompt(self.template, sample.question, sample.options, sample.kind, self.system)
-        return prompt, self.samples.images(sample)
+        return self.prompt(sample), self.samples.images(sample)
+
+    def prompt(self, sample: Sample) -> Prompt:
+        return render_prompt(self.template, sample.question, sample.options, sample.kind, self.system)
 
 
 def load_samples(spec: DatasetSpec, limit: int | None = None) -> SampleSet:

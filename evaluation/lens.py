@@ -50,16 +50,17 @@ def measure_lens(loaded: LoadedModel, items: Sequence[tuple[Any, list]], **optio
     for generation, inputs in replayed_batches(loaded, items, desc="lens", **options):
         start = generation.prompt_length - 1
         with HiddenStateProbe(model, start, start + generation.new_tokens.shape[1]) as probe, torch.no_grad():
-            logits = model(**inputs, use_cache=False).logits
+            keep = inputs["input_ids"].shape[1] - start  # logits of the generated positions only: logits[:, i] is start + i
+            logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
             for row, count in enumerate(generation.measured_steps):
                 tokens += count
                 for begin in range(0, count, POSITION_CHUNK):
                     end = min(count, begin + POSITION_CHUNK)
                     final = lens(probe.hidden[num_layers - 1][row, begin:end])
-                    reference = torch.log_softmax(logits[row, start + begin : start + end].float(), dim=-1)
+                    reference = torch.log_softmax(logits[row, begin:end].float(), dim=-1)
                     max_diff = max(max_diff, float((final - reference).abs().max()))
                     for layer in range(num_layers):  # one layer at a time: a [positions, vocab] tensor each
-                        log_probs = lens(probe.hidden[layer][row, begin:end])
+                        log_probs = final if layer == num_layers - 1 else lens(probe.hidden[layer][row, begin:end])
                         kl_sum[layer] += float((final.exp() * (final - log_probs)).sum(-1).clamp_min(0.0).sum())
                         agree_sum[layer] += float((log_probs.argmax(-1) == final.argmax(-1)).sum())
     if tokens == 0:
