@@ -209,6 +209,7 @@ class Prepared:
     train_dataset: object
     peft_config: object | None
     converted: bool
+    resume: str | None  # the checkpoint to resume from
 
 
 def prepare(stage: str, script_args, training_args, model_args, pvm_args: PVMArguments) -> Prepared:
@@ -243,7 +244,7 @@ def prepare(stage: str, script_args, training_args, model_args, pvm_args: PVMArg
     processor = load_processor(model_path, model_args.model_revision, padding_side="left" if stage == "grpo" else None)
     apply_trainable(model, mode)
     peft_config = lora_config_for(model_args) if mode == "lora+pvm" else None
-    return Prepared(stage, mode, model, processor, train_dataset, peft_config, converted)
+    return Prepared(stage, mode, model, processor, train_dataset, peft_config, converted, resume)
 
 
 def _rounded(gates: dict[int, float]) -> dict[int, float]:
@@ -263,7 +264,7 @@ def run(stage: str, script_args, training_args, model_args, pvm_args, make_train
     allow_fsdp_on_cpu()
     trainer = make_trainer(prepared)
     check_engaged(trainer)
-    continue_token_count(trainer, resume_arg(training_args))
+    continue_token_count(trainer, prepared.resume)
     logger.info("Distributed setup: %s", describe(trainer))
     logger.info("%s", verify_trainable(trainer.model, prepared.mode).summary())
     if script_args.log_pvm_stats:
@@ -275,7 +276,7 @@ def run(stage: str, script_args, training_args, model_args, pvm_args, make_train
         stopper = StopAfterStepsCallback(script_args.stop_after_steps)
         trainer.add_callback(stopper)
     try:
-        result = trainer.train(resume_from_checkpoint=resume_arg(training_args))
+        result = trainer.train(resume_from_checkpoint=prepared.resume)
     except KeyboardInterrupt:
         _report_interruption(trainer, training_args)
         raise
