@@ -4,7 +4,7 @@
 
 Shapes (the `cpu-mid` preset of `pvm_qwen3vl.benchmarks`): hidden 1024, 8 layers, intermediate 3072, 16 heads / 8 KV
 heads, head_dim 64, vocab 8192, float32; PVM latent 256 at layers 2 and 5, gates 1.0. Tiny vision tower (the tiny
-model's), a 448x448 image per request: 784 visual tokens, 818 prompt tokens. Every request decodes 33 tokens
+model's), a 448x448 image per request: 784 visual tokens, 801 prompt tokens. Every request decodes 33 tokens
 (`ignore_eos`): TPOT is the mean gap between its first and last token.
 
 All three engines live in this process and are timed in turns, the order rotating every repetition, so a change in
@@ -28,20 +28,22 @@ from pathlib import Path
 
 import torch
 
+from pvm_qwen3vl.benchmarks.models import PRESETS
 from pvm_qwen3vl.serving.parity import test_image
 
+CPU_MID = PRESETS["cpu-mid"]  # the shapes of `pvm-qwen3vl bench --preset cpu-mid`
 CPU_MID_TEXT = {
-    "hidden_size": 1024,
-    "num_hidden_layers": 8,
-    "intermediate_size": 3072,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 64,
-    "vocab_size": 8192,
+    "hidden_size": CPU_MID.hidden_size,
+    "num_hidden_layers": CPU_MID.num_layers,
+    "intermediate_size": CPU_MID.intermediate_size,
+    "num_attention_heads": CPU_MID.num_heads,
+    "num_key_value_heads": CPU_MID.num_kv_heads,
+    "head_dim": CPU_MID.head_dim,
+    "vocab_size": CPU_MID.vocab_size,
 }
-PVM_LATENT, PVM_LAYERS, GATE = 256, [2, 5], 1.0
-IMAGE_SIDE = 448  # pixels: 28 x 28 = 784 merged visual tokens (16 px each)
-STEPS = 32  # decode steps timed after the first token
+PVM_LATENT, PVM_LAYERS, GATE = CPU_MID.pvm_latent, list(CPU_MID.pvm_layers), 1.0
+IMAGE_SIDE = CPU_MID.image_side * 16  # pixels: the tiny vision tower merges 16 x 16 pixels into one visual token
+STEPS = CPU_MID.new_tokens  # decode steps timed after the first token
 
 
 def build_checkpoints(root: Path) -> tuple[str, str]:
@@ -262,9 +264,10 @@ def markdown(report: dict, reps: int) -> str:
         f"{[round(x, 2) for x in machine_info['load_average_start']]}, at end "
         f"{[round(x, 2) for x in machine_info['load_average_end']]}.",
         "",
-        "Shapes: cpu-mid (hidden 1024, 8 layers, intermediate 3072, 16/8 heads, head_dim 64, vocab 8192), float32; "
-        f"PVM latent {PVM_LATENT} at layers {PVM_LAYERS}, gates {GATE}. One 448x448 image per request (784 visual "
-        f"tokens). {STEPS + 1} tokens per request (ignore_eos), prefix caching off. {reps} repetitions, engines "
+        f"Shapes: cpu-mid (hidden {CPU_MID.hidden_size}, {CPU_MID.num_layers} layers, intermediate "
+        f"{CPU_MID.intermediate_size}, {CPU_MID.num_heads}/{CPU_MID.num_kv_heads} heads, head_dim {CPU_MID.head_dim}, "
+        f"vocab {CPU_MID.vocab_size}), float32; PVM latent {PVM_LATENT} at layers {PVM_LAYERS}, gates {GATE}. One "
+        f"{IMAGE_SIDE}x{IMAGE_SIDE} image per request ({CPU_MID.visual_tokens} visual tokens). {STEPS + 1} tokens per request (ignore_eos), prefix caching off. {reps} repetitions, engines "
         "timed in turns (rotating order); median [min-max]; ratios per repetition.",
         "",
     ]
