@@ -68,11 +68,6 @@ def build_tiny_pvm(
     return out_dir
 
 
-def build_tiny_base_for_vllm(out_dir: str | Path, *, seed: int = 0, head_dim: int = VLLM_HEAD_DIM) -> Path:
-    """The plain Qwen3-VL base of `build_tiny_pvm` (same seed: same shared weights)."""
-    return build_tiny_base(out_dir, seed=seed, head_dim=head_dim)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out")

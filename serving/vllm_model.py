@@ -46,7 +46,9 @@ class PVMQwen3VLDecoderLayer(Qwen3VLDecoderLayer):
         if extract_layer_index(prefix) in config.pvm_layers:
             block = PVMParallelMLPBlock if config.pvm_variant == "mlp" else PVMBlock
             self.pvm = block(config, kwargs.get("cache_config"), kwargs.get("quant_config"), f"{prefix}.pvm")
-        self.pvm_reads_hidden_states = config.pvm_memory_source == "hidden_states"
+        self.pvm_reads_hidden_states = (
+            config.pvm_variant == "cross_attention" and config.pvm_memory_source == "hidden_states"
+        )
 
     def forward(
         self,
@@ -107,8 +109,6 @@ class PVMQwen3LLMModel(Qwen3LLMModel):
         residual = None
         # The merger output at the visual positions; layer 0 may update its input in place, so keep a copy.
         memory = hidden_states.clone() if self.pvm_reads_embeddings else None
-        if pvm_visual_mask is None:
-            pvm_visual_mask = torch.zeros(hidden_states.shape[0], dtype=torch.bool, device=hidden_states.device)
         aux_hidden_states = self._maybe_add_hidden_state([], 0, hidden_states, residual)
         for layer_idx, layer in islice(enumerate(self.layers), self.start_layer, self.end_layer):
             hidden_states, residual = layer(positions, hidden_states, residual, memory, pvm_visual_mask)
@@ -190,17 +190,19 @@ class PVMQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load weights named as in the Transformers checkpoint: Qwen3-VL's through vLLM's loader, `.pvm.` ones
         name for name (their vLLM modules mirror the Transformers ones). Returns the vLLM names loaded."""
-        params = dict(self.named_parameters())
         loaded_pvm: set[str] = set()
 
         def load_pvm(name: str, tensor: torch.Tensor) -> None:
-            target = self.hf_to_vllm_mapper._map_name(name)
-            if target not in params:
+            target = self.hf_to_vllm_mapper.map_name(name)
+            try:  # by path, not through a dict of all parameters: weight sync may call this once per tensor
+                param = self.get_parameter(target) if target is not None else None
+            except AttributeError:
+                param = None
+            if param is None:
                 raise KeyError(
                     f"PVM weight {name!r} (vLLM name {target!r}) has no parameter in this model: does the "
                     "checkpoint's config list that layer in pvm_layers and the same pvm_variant?"
                 )
-            param = params[target]
             getattr(param, "weight_loader", default_weight_loader)(param, tensor)
             loaded_pvm.add(target)
 

@@ -39,17 +39,18 @@ def push_weights(llm, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
     TRL 1.16's colocate mode does, is not enough on vLLM's CPU backend: it has repacked every linear weight for oneDNN
     and dropped the original (`AttributeError: 'Parameter' object has no attribute 'weight_loader'`).
     """
-    pushed = []
+    pushed = 0
 
     def counted():
+        nonlocal pushed
         for name, tensor in named_tensors:
-            pushed.append(name)
+            pushed += 1
             yield name, tensor.detach()
 
     engine_worker(llm).reload_weights(weights_iterator=counted(), is_checkpoint_format=True)
     llm.llm_engine.reset_encoder_cache()  # the scheduler's record of cached vision outputs too, not only the worker's
     llm.reset_prefix_cache()
-    return len(pushed)
+    return pushed
 
 
 def change_weights(model, seed: int) -> list[str]:

@@ -110,4 +110,4 @@ def test_chat_request_with_an_image_gets_the_transformers_answer(server, pvm_che
     print(f"server: {answer!r}\ntransformers: {expected_text!r}")
     assert reply["usage"]["completion_tokens"] == len(expected["tokens"])
     assert answer == expected_text
-    assert "PVMQwen3VLForConditionalGeneration" in log.read_text()  # the plugin's architecture was served
+    assert "Resolved architecture: PVMQwen3VLForConditionalGeneration" in log.read_text()  # vLLM picked our class

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from pvm_qwen3vl.serving import parity
-from pvm_qwen3vl.serving.tiny_checkpoints import build_tiny_base_for_vllm, build_tiny_pvm
+from pvm_qwen3vl.serving.tiny_checkpoints import VLLM_HEAD_DIM, build_tiny_pvm
+from pvm_qwen3vl.tiny import build_tiny_base
 
 from .conftest import run_vllm_python, vllm_parity_run
 
@@ -36,7 +37,7 @@ def test_setting_matches_transformers(vllm_python, tmp_path, setting):
 
 def test_gates_at_zero_reproduce_the_base_model(vllm_python, tmp_path):
     """Same base weights, PVM weights perturbed but gates at 0: vLLM gives the base model's tokens and logprobs."""
-    base = str(build_tiny_base_for_vllm(tmp_path / "base", seed=0))
+    base = str(build_tiny_base(tmp_path / "base", seed=0, head_dim=VLLM_HEAD_DIM))  # build_tiny_pvm's base
     pvm = str(build_tiny_pvm(tmp_path / "pvm", seed=0, gate=0.0))
     options = ("--cases", ",".join(CASES))  # compiled, as served
     base_run = vllm_parity_run(vllm_python, base, tmp_path / "base.json", *options)
