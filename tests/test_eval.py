@@ -244,7 +244,7 @@ def test_jsonl_loading_resolves_relative_images_and_checks_columns(toy_dataset, 
     assert load_samples(DatasetSpec(str(saved)))[0].answer == "1"
 
 
-def test_every_row_is_checked_before_anything_runs(toy_dataset, tmp_path, monkeypatch):
+def test_every_row_is_checked_before_anything_runs(toy_dataset, tmp_path, monkeypatch, capsys):
     """Missing, truncated and unreadable images and unusable answers are all reported at once, each with its sample
     id (and the image's path), before the model loads."""
     folder = toy_dataset.parent
@@ -270,7 +270,13 @@ def test_every_row_is_checked_before_anything_runs(toy_dataset, tmp_path, monkey
 
     monkeypatch.setattr(pvm_qwen3vl.checkpoints, "load_for_inference", never)
     argv = ["eval", "bench", "--model", "embedded:tiny", "--data", str(data), "--out", str(tmp_path / "out")]
+    capsys.readouterr()
     assert cli_main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"4 of 6 rows of {data} are invalid" in error
+    for row in ("'q1'", "'q2'", "'q3'", "'q4'"):
+        assert f"row {row}, column " in error, row
+    assert str(folder / "images" / "missing.png") in error and "'zebra'" in error
     assert not (tmp_path / "out" / "predictions.jsonl").exists()
 
 

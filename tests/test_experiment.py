@@ -105,7 +105,7 @@ def toy_runs(tiny_base, tmp_path_factory):
     outs = [tmp_path_factory.mktemp(f"exp{i}") for i in range(2)]
     first = experiment(recipe, outs[0], workers=1)
     parallel = experiment(recipe, outs[1], workers=2)
-    first["out"] = outs[0]
+    first["out"], parallel["out"] = outs
     return first, parallel
 
 
@@ -143,6 +143,16 @@ def test_the_same_seed_gives_the_same_numbers_in_one_process_or_in_workers(toy_r
         assert first["arms"][arm]["text_by_position"] == parallel["arms"][arm]["text_by_position"], arm
         assert first["arms"][arm]["gates"] == parallel["arms"][arm]["gates"], arm
     assert first["pvm_minus_control_longest"] == parallel["pvm_minus_control_longest"]
+    # per_seed accuracies move in steps of 1/eval_per_bin: the per-job records' training logs (losses, gates) and
+    # attention measurements must be identical too
+    folders = [Path(first["out"]) / "jobs", Path(parallel["out"]) / "jobs"]
+    jobs = [sorted(path.name for path in folder.glob("*.json")) for folder in folders]
+    assert jobs[0] == jobs[1] and len(jobs[0]) == 1 + 2 * (len(ALL_ARMS) - 1)  # the base runs once
+    for name in jobs[0]:
+        a, b = (json.loads((folder / name).read_text()) for folder in folders)
+        assert a["log"] == b["log"], name
+        assert a["mechanism"] == b["mechanism"], name
+        assert (a["log"] is None) == name.startswith("base-"), name  # every trained arm logged its training
 
 
 def test_a_finished_run_resumes_and_a_changed_recipe_is_refused(toy_runs):
@@ -165,3 +175,5 @@ def test_the_command_line_runs_a_recipe_with_overrides(tiny_base, tmp_path, caps
     assert results["recipe"]["steps"] == 1 and set(results["arms"]) == {"base", "control", "pvm"}
     assert "PVM - control, longest bin" in capsys.readouterr().out
     assert main(["experiment", "--recipe", str(recipe), "--out", str(tmp_path / "o2"), "--arms", "bogus"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown arm(s) ['bogus']; choose from " in error and "pvm_grpo" in error

@@ -10,7 +10,13 @@ from pvm_qwen3vl.training.memory import CONFIGS, Shapes, Workload, plan_memory
 from pvm_qwen3vl.training.runner import parse_args
 
 PAPER_BASES = {"8b": "Qwen/Qwen3-VL-8B-Instruct", "4b": "Qwen/Qwen3-VL-4B-Instruct"}
-TOTAL = {"8b": 8_795_045_875, "4b": 4_460_544_771}  # parameters with PVM
+# the base checkpoints' parameters (Qwen3-VL-8B/4B-Instruct, as built from the shipped configs) plus PVM's (3 layers,
+# the paper's counts, as in tests/test_bench.py)
+BASE = {"8b": 8_767_123_696, "4b": 4_437_815_808}
+PVM = {"8b": 27_922_179, "4b": 22_728_963}
+TOTAL = {"8b": BASE["8b"] + PVM["8b"], "4b": BASE["4b"] + PVM["4b"]}  # 8_795_045_875, 4_460_544_771: with PVM
+# one base decoder layer (hidden h, a heads and k KV heads of width d, MLP width I): 2 h a d + 2 h k d + 2 d + 3 h I + 2 h
+DECODER_LAYER = {"8b": 192_946_432, "4b": 100_930_816}
 
 
 def dry_run(stage: str, size: str) -> dict:
@@ -36,6 +42,9 @@ def test_the_dry_run_plans_per_gpu_memory_for_every_config(stage, size, capsys):
     assert memory["zero2"]["parameters"] == memory["ddp"]["parameters"]
     assert memory["zero2"]["optimizer"] == pytest.approx(12 * T / 8 / 1e9, abs=0.01)  # fp32 master + moments / 8
     assert memory["zero3"]["parameters"] < memory["zero2"]["parameters"] / 4  # sharded, plus the gathered units
+    # the largest unit is a decoder layer with its PVM branch, gathered twice (prefetch): w P / N + w 2 unit
+    unit = DECODER_LAYER[size] + PVM[size] / len(plan["pvm_layers"])
+    assert memory["zero3"]["parameters"] == pytest.approx((2 * P / 8 + 2 * 2 * unit) / 1e9, abs=0.005)
     assert plan["memory_assumptions"]["sequence_tokens"] == (16384 if stage == "sft" else 16384 + 1280)
     if stage == "grpo":  # 8 completions generated at once; ZeRO-3 gathers the whole model for generate
         assert memory["zero3"]["generation"] > memory["zero2"]["generation"] > 0
